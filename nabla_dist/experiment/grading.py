@@ -17,11 +17,17 @@ Conventions every caller should know:
 
 from __future__ import annotations
 
+import logging
+
 import re
 from dataclasses import dataclass
 from typing import Literal
 
 from math_verify import parse, verify
+
+# We disable math-verify's signal-based timeouts on purpose (thread safety); its warning
+# about that on every call is noise.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 GradeKind = Literal["math", "integer"]
 

@@ -1,0 +1,115 @@
+"""The few kinds of model work a decoding program can ask for, and their answers.
+
+A program (see `nabla.py`, `baselines.py`) is a generator: it yields one request, or a
+list of requests that may run concurrently, and receives the matching result(s). Any
+runtime — in-process (`runtime/local.py`) or Ray — serves these, batching requests of
+the same type across problems. Token ids are plain lists; tensors are CPU tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 means greedy; top_k 0 and top_p 1.0 disable those filters."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclass
+class Rollout:
+    """Continue `prompt_ids` (prompt ‖ committed ‖ forced prefix) by sampling.
+
+    `latents`: which per-token vectors to keep for the generated tokens: "logits" (the raw
+    next-token logits, [V]), "hidden" (the last hidden state, [H]) or "none". When
+    `latents_max_confidence` is set, vectors are kept only where the max softmax
+    probability is at most that value (the only positions token selection can pick).
+    """
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    sampling: SamplingParams
+    seed: int
+    latents: str = "none"
+    latents_max_confidence: float | None = None
+
+
+@dataclass
+class RolloutResult:
+    tokens: list[int]  # generated ids, including the stop token if one was hit
+    stopped: bool  # True if EOS or a stop string ended the rollout
+    confidence: torch.Tensor  # [m] max softmax probability of each generated step
+    entropy: torch.Tensor  # [m] entropy of each generated step's distribution
+    latent_positions: list[int] = field(default_factory=list)
+    latents: torch.Tensor | None = None  # [k, V] or [k, H] at latent_positions
+    forward_tokens: int = 0  # tokens run through the model: prefill + fed-back samples
+
+
+@dataclass
+class RewardGrad:
+    """Reward of prompt ‖ response in the reward model's template, and ∂R/∂(embedding)
+    at the response positions `ahead_start:` (embedding space of the reward model)."""
+
+    prompt_text: str
+    response_ids: list[int]  # policy token ids (committed ‖ ahead)
+    ahead_start: int
+
+
+@dataclass
+class RewardGradResult:
+    reward: float
+    embedding_grad: torch.Tensor  # [m, H_R], m = len(response_ids) - ahead_start
+    tokens: int  # tokens in the reward model's input
+
+
+@dataclass
+class Reward:
+    """Score only (rejection sampling, Best-of-N)."""
+
+    prompt_text: str
+    response_ids: list[int]
+
+
+@dataclass
+class RewardResult:
+    reward: float
+    tokens: int
+
+
+@dataclass
+class PolicyGrad:
+    """Vocabulary-space gradient ∂L/∂y_i of the DTO objective at ahead positions.
+
+    L = −(λ_nll · Σ_i ⟨log π(·|P, C, y_<i), y_i⟩ + λ_R · R). The reward's embedding
+    gradient (from a `RewardGrad`) is projected here, where the aligned reward embedding
+    matrix lives. With `norm_threshold` set, every ahead position's ‖∂L/∂y_i‖₂ is computed
+    and the gradient is returned only at the first of `positions` whose norm reaches it;
+    otherwise it is returned at every one of `positions`.
+    """
+
+    ids: list[int]  # prompt ‖ committed ‖ ahead
+    ahead_start: int
+    positions: list[int]  # ahead indices (0 = first ahead token)
+    lambda_nll: float
+    lambda_reward: float
+    reward_embedding_grad: torch.Tensor | None = None  # [m, H_R]
+    norm_threshold: float | None = None
+    want_norms: bool = False
+
+
+@dataclass
+class PolicyGradResult:
+    positions: list[int]  # where `grads` were taken
+    grads: torch.Tensor  # [len(positions), V] ∂L/∂y at those positions
+    norms: torch.Tensor | None  # [m] ‖∂L/∂y_i‖₂ for every ahead position, if asked
+    logprob: float  # Σ_i log π(a_i | ...) over the ahead tokens
+    forward_tokens: int  # tokens run forward (and backward) for this request
+
+
+Request = Rollout | PolicyGrad | RewardGrad | Reward

@@ -1,0 +1,45 @@
+"""`nabla-dist` command line: `nabla-dist run [EXPERIMENT] [key=value ...]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from nabla_dist.experiment.config import ConfigError, load_config
+
+
+def _run(args) -> int:
+    from nabla_dist.experiment.run import Experiment
+
+    cfg = load_config(args.experiment, args.overrides)
+    summary = Experiment(cfg).run()
+    print(json.dumps(summary, indent=2))
+    print(f"results: {cfg.output_dir}/results.jsonl  summary: {cfg.output_dir}/summary.json")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nabla-dist", description=__doc__)
+    parser.add_argument("--log-level", default="WARNING")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one experiment (configs/<EXPERIMENT>.yaml plus overrides)")
+    run.add_argument("experiment", nargs="?", default="default", help="name under configs/ or a YAML path")
+    run.add_argument("overrides", nargs="*", help="config overrides, e.g. data.limit=4 method.name=greedy")
+    run.set_defaults(func=_run)
+    argv = sys.argv[1:] if argv is None else argv
+    # `nabla-dist run data.limit=4`: a first positional with '=' is an override, not an experiment
+    if len(argv) >= 2 and argv[0] == "run" and "=" in argv[1]:
+        argv = [argv[0], "default", *argv[1:]]
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"nabla-dist: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Loading models and tokenizers from local paths (or a hub id when online).
+
+`tiny:<name>` names a model of the offline tiny suite (engines/tiny.py), built on first
+use under the cache directory ($NABLA_DIST_CACHE, default ~/.cache/nabla_dist).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from nabla_dist.engines.tiny import build_tiny_suite
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+transformers.utils.logging.disable_progress_bar()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NABLA_DIST_CACHE", Path.home() / ".cache" / "nabla_dist"))
+
+
+def resolve_path(path: str) -> str:
+    """A loadable location for `path`; builds the tiny suite for `tiny:<name>`."""
+    if path.startswith("tiny:"):
+        suite = build_tiny_suite(cache_dir() / "tiny")
+        name = path.split(":", 1)[1]
+        if name not in suite:
+            raise ValueError(f"unknown tiny model {path!r}; choose one of {sorted('tiny:' + k for k in suite)}")
+        return str(suite[name])
+    local = Path(path).expanduser()
+    if local.exists():
+        return str(local)
+    if path.startswith((".", "/", "~")) or path.count("/") != 1:
+        raise FileNotFoundError(f"model path {path!r} does not exist; pass a directory saved with save_pretrained")
+    return path  # a hub id: transformers resolves it (from its cache when offline)
+
+
+def _load(loader, path: str, what: str, **kwargs):
+    location = resolve_path(path)
+    try:
+        return loader.from_pretrained(location, **kwargs)
+    except OSError as error:
+        raise FileNotFoundError(
+            f"could not load {what} {path!r}: {error}. With no network, pass a local directory "
+            "(save_pretrained output) or a model already in the Hugging Face cache"
+        ) from error
+
+
+def load_tokenizer(path: str):
+    return _load(AutoTokenizer, path, "tokenizer")
+
+
+def load_causal_lm(path: str, dtype: str = "float32"):
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)}")
+    return _load(AutoModelForCausalLM, path, "policy model", dtype=DTYPES[dtype])
+
+
+def load_reward_model(path: str, dtype: str = "float32"):
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)}")
+    return _load(AutoModelForSequenceClassification, path, "reward model", dtype=DTYPES[dtype], num_labels=1)

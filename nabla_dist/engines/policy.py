@@ -1,0 +1,260 @@
+"""The policy engine: one causal LM, parameters frozen, serving `Rollout` and `PolicyGrad`.
+
+Rollouts are batched (left padding, explicit position ids, KV cache) and sample each row
+with its own generator. Gradients are one batched forward+backward to the input
+embeddings (right padding); the embedding gradient is projected into vocabulary space
+here, together with the reward model's, using the aligned reward embedding matrix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from nabla_dist.algorithm.nabla import Prompt
+from nabla_dist.algorithm.requests import PolicyGrad, PolicyGradResult, Rollout, RolloutResult
+from nabla_dist.algorithm.sampling import make_generator, sample_token
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    device: str = "cpu"
+    autocast_bf16: bool = False  # bf16 autocast for forward/backward (fp32 projections)
+    norm_chunk: int = 64  # ahead positions per chunk when computing every position's norm
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that ignore left padding: 0 at each row's first real token."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class PolicyEngine:
+    def __init__(self, model, tokenizer, options: EngineOptions = EngineOptions(), stop_strings=()):
+        if tokenizer.pad_token_id is None:
+            raise ValueError(
+                f"policy tokenizer {tokenizer.name_or_path!r} has no pad token; set one "
+                "(e.g. tokenizer.pad_token = tokenizer.eos_token) before building the engine"
+            )
+        self.model = model.to(options.device).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.options = options
+        self.device = torch.device(options.device)
+        self.stop_strings = tuple(stop_strings)
+        self.stop_token_ids = tuple(
+            sorted({tokenizer.eos_token_id, *_as_list(getattr(model.generation_config, "eos_token_id", None))} - {None})
+        )
+        self.context = getattr(model.config, "max_position_embeddings", None) or 10**9
+        self.reward_embeddings: torch.Tensor | None = None  # [V, H_R], see set_reward_embeddings
+
+    # -- shapes and shared matrices ---------------------------------------------------
+    @property
+    def embeddings(self) -> torch.Tensor:
+        return self.model.get_input_embeddings().weight  # [V, H]
+
+    def head_matrix(self) -> torch.Tensor:
+        """W_head [V, H] (fp32, CPU) for the `latents` parametrization."""
+        return self.model.get_output_embeddings().weight.detach().float().cpu()
+
+    def set_reward_embeddings(self, aligned: torch.Tensor) -> None:
+        """The reward model's input embeddings re-indexed by policy token id: [V, H_R]."""
+        if aligned.shape[0] != self.embeddings.shape[0]:
+            raise ValueError(
+                f"aligned reward embeddings have {aligned.shape[0]} rows but the policy vocabulary "
+                f"has {self.embeddings.shape[0]}; build them with RewardEngine.aligned_embeddings"
+            )
+        self.reward_embeddings = aligned.to(self.device, torch.float32)
+
+    def encode_prompt(self, question: str) -> Prompt:
+        """Apply the policy's chat template (generation prompt added); check the context."""
+        if not question or not question.strip():
+            raise ValueError("empty problem text: every problem needs a non-empty question")
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(
+                f"tokenizer {self.tokenizer.name_or_path!r} has no chat template; use an instruct "
+                "model or set tokenizer.chat_template (e.g. a ChatML template) in its tokenizer_config.json"
+            )
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+        )
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= self.context:
+            raise ValueError(
+                f"prompt of {len(ids)} tokens does not fit the policy context of {self.context} tokens; "
+                "shorten the problem or use a model with a longer context"
+            )
+        return Prompt(ids=ids, text=question, stop_token_ids=self.stop_token_ids)
+
+    # -- forward pieces -------------------------------------------------------------
+    def _autocast(self):
+        if not self.options.autocast_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _hidden(self, **inputs):
+        out = self.model.base_model(**inputs)
+        return out.last_hidden_state, getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.get_output_embeddings()(hidden).float()
+
+    # -- Rollout ----------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, requests: list[Rollout]) -> list[RolloutResult]:
+        results: list[RolloutResult | None] = [None] * len(requests)
+        live = [i for i, r in enumerate(requests) if r.max_new_tokens > 0]
+        for i in set(range(len(requests))) - set(live):
+            results[i] = RolloutResult([], False, torch.zeros(0), torch.zeros(0))
+        if live:
+            for i, result in zip(live, self._rollout_batch([requests[i] for i in live])):
+                results[i] = result
+        return results
+
+    def _rollout_batch(self, requests: list[Rollout]) -> list[RolloutResult]:
+        batch, length = len(requests), max(len(r.prompt_ids) for r in requests)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((batch, length), pad, dtype=torch.long)
+        mask = torch.zeros((batch, length), dtype=torch.long)
+        for b, r in enumerate(requests):
+            ids[b, length - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
+            mask[b, length - len(r.prompt_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = positions_from_mask(mask)
+        generators = [make_generator(r.seed) for r in requests]
+        tokens = [[] for _ in requests]
+        stats = [([], [], [], []) for _ in requests]  # confidence, entropy, latent pos, latents
+        done = [False] * batch
+        stopped = [False] * batch
+        forward = [len(r.prompt_ids) for r in requests]
+        with self._autocast():
+            hidden, cache = self._hidden(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        hidden = hidden[:, -1]  # [batch, H]
+        while True:
+            logits = self._head(hidden)  # [batch, V]
+            probs = torch.softmax(logits, dim=-1)
+            confidence = probs.max(-1).values
+            entropy = -(probs * torch.log_softmax(logits, dim=-1)).sum(-1)
+            next_ids = torch.full((batch,), pad, dtype=torch.long)
+            for b, r in enumerate(requests):
+                if done[b]:
+                    continue
+                token = sample_token(logits[b].cpu(), r.sampling, generators[b])
+                conf, ent, lat_pos, lat = stats[b]
+                conf.append(float(confidence[b]))
+                ent.append(float(entropy[b]))
+                if r.latents != "none" and (
+                    r.latents_max_confidence is None or conf[-1] <= r.latents_max_confidence
+                ):
+                    lat_pos.append(len(tokens[b]))
+                    lat.append((logits[b] if r.latents == "logits" else hidden[b].float()).cpu())
+                tokens[b].append(token)
+                next_ids[b] = token
+                if token in self.stop_token_ids or self._ends_with_stop_string(tokens[b]):
+                    done[b] = stopped[b] = True
+                elif len(tokens[b]) >= r.max_new_tokens or length + len(tokens[b]) >= self.context:
+                    done[b] = True
+                else:
+                    forward[b] += 1
+            if all(done):
+                break
+            mask = torch.cat([mask, torch.ones((batch, 1), dtype=torch.long, device=self.device)], dim=1)
+            positions = positions[:, -1:] + 1
+            with self._autocast():
+                hidden, cache = self._hidden(
+                    input_ids=next_ids.unsqueeze(1).to(self.device),
+                    attention_mask=mask,
+                    position_ids=positions,
+                    cache=cache,
+                    use_cache=True,
+                )
+            hidden = hidden[:, -1]
+        results = []
+        for b in range(batch):
+            conf, ent, lat_pos, lat = stats[b]
+            results.append(
+                RolloutResult(
+                    tokens=tokens[b],
+                    stopped=stopped[b],
+                    confidence=torch.tensor(conf),
+                    entropy=torch.tensor(ent),
+                    latent_positions=lat_pos,
+                    latents=torch.stack(lat) if lat else None,
+                    forward_tokens=forward[b],
+                )
+            )
+        return results
+
+    def _ends_with_stop_string(self, tokens: list[int]) -> bool:
+        if not self.stop_strings:
+            return False
+        tail = self.tokenizer.decode(tokens[-16:])
+        return any(s in tail for s in self.stop_strings)
+
+    # -- PolicyGrad -------------------------------------------------------------------
+    def grad(self, requests: list[PolicyGrad]) -> list[PolicyGradResult]:
+        """One forward+backward for the whole batch; see PolicyGrad for what comes back."""
+        for r in requests:
+            if r.lambda_reward != 0 and r.reward_embedding_grad is not None and self.reward_embeddings is None:
+                raise RuntimeError("PolicyGrad carries a reward gradient but no aligned reward embeddings were set")
+        batch, length = len(requests), max(len(r.ids) for r in requests)
+        ids = torch.full((batch, length), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((batch, length), dtype=torch.long)
+        for b, r in enumerate(requests):
+            ids[b, : len(r.ids)] = torch.tensor(r.ids)
+            mask[b, : len(r.ids)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        embeddings = self.embeddings
+        inputs = embeddings[ids].detach().requires_grad_(True)  # [batch, T, H]
+        # Row b's ahead token i (sequence position s_b + i) is predicted at s_b + i - 1.
+        rows = torch.cat([torch.full((len(r.ids) - r.ahead_start,), b) for b, r in enumerate(requests)])
+        at = torch.cat([torch.arange(r.ahead_start, len(r.ids)) for r in requests])
+        with self._autocast():
+            hidden, _ = self._hidden(inputs_embeds=inputs, attention_mask=mask, use_cache=False)
+            log_probs = torch.log_softmax(self._head(hidden[rows, at - 1]), dim=-1)  # [N, V]
+        targets = ids[rows, at]
+        token_logprob = log_probs.gather(1, targets[:, None]).squeeze(1)  # [N]
+        (grad_inputs,) = torch.autograd.grad(token_logprob.sum(), inputs)  # [batch, T, H]
+        log_probs, grad_inputs = log_probs.detach(), grad_inputs.float()
+
+        results, offset = [], 0
+        for b, r in enumerate(requests):
+            m = len(r.ids) - r.ahead_start
+            ell = log_probs[offset : offset + m]  # [m, V]
+            g_policy = grad_inputs[b, r.ahead_start : len(r.ids)]  # [m, H]
+            g_reward = None
+            if r.lambda_reward != 0 and r.reward_embedding_grad is not None:
+                g_reward = r.reward_embedding_grad.to(self.device, torch.float32)  # [m, H_R]
+
+            def vocab_grad(sel: slice | list[int]) -> torch.Tensor:
+                """∂L/∂y at the selected ahead positions: [k, V]."""
+                out = -r.lambda_nll * (ell[sel] + g_policy[sel] @ embeddings.float().T)
+                if g_reward is not None:
+                    out = out - r.lambda_reward * (g_reward[sel] @ self.reward_embeddings.T)
+                return out
+
+            norms = None
+            if r.want_norms or r.norm_threshold is not None:
+                chunk = self.options.norm_chunk
+                norms = torch.cat([vocab_grad(slice(s, s + chunk)).norm(dim=-1) for s in range(0, m, chunk)])
+            positions = list(r.positions)
+            if r.norm_threshold is not None:
+                positions = [p for p in positions if norms[p] >= r.norm_threshold][:1]
+            grads = vocab_grad(positions) if positions else torch.zeros(0, embeddings.shape[0])
+            results.append(
+                PolicyGradResult(
+                    positions=positions,
+                    grads=grads.cpu(),
+                    norms=None if norms is None else norms.cpu(),
+                    logprob=float(token_logprob[offset : offset + m].sum()),
+                    forward_tokens=len(r.ids),
+                )
+            )
+            offset += m
+        return results
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]

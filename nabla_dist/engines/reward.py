@@ -1,0 +1,137 @@
+"""The reward engine: a sequence classifier with one output, serving `Reward` and `RewardGrad`.
+
+The model reads prefix(question) ‖ response ‖ postfix in its own chat template, split
+around a placeholder answer. The response arrives as *policy* token ids and is embedded
+through the aligned matrix (row v = the reward model's embedding of policy token v's
+string; tokens it lacks map to its pad token), so its gradient lives in the policy's
+vocabulary space. Batches are left-padded: the classifier pools the last position.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import torch
+
+from nabla_dist.algorithm.requests import Reward, RewardGrad, RewardGradResult, RewardResult
+from nabla_dist.engines.policy import EngineOptions, positions_from_mask
+
+log = logging.getLogger(__name__)
+PLACEHOLDER = "<<nabla-dist-answer>>"
+MIN_ALIGNED_SHARE = 0.5  # below this share of policy tokens found, alignment is refused
+
+
+class RewardEngine:
+    def __init__(self, model, tokenizer, policy_tokenizer, options: EngineOptions = EngineOptions()):
+        if not hasattr(model, "score") or getattr(model.config, "num_labels", 1) != 1:
+            raise ValueError(
+                f"reward model {model.name_or_path!r} ({type(model).__name__}, num_labels="
+                f"{model.config.num_labels}) is not a sequence classifier with one output and a `score` "
+                "head; load it with AutoModelForSequenceClassification(num_labels=1)"
+            )
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                f"reward tokenizer {tokenizer.name_or_path!r} has no chat template; set "
+                "tokenizer.chat_template so the response can be placed in its conversation format"
+            )
+        self.model = model.to(options.device).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.options = options
+        self.device = torch.device(options.device)
+        self.aligned = self.aligned_embeddings(policy_tokenizer).to(self.device)  # [V_policy, H_R]
+        self._split = lru_cache(maxsize=4096)(self._split_template)
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        return self.model.get_input_embeddings().weight  # [V_R, H_R]
+
+    def aligned_embeddings(self, policy_tokenizer) -> torch.Tensor:
+        """[V_policy, H_R]: the reward embedding of each policy token's string."""
+        embeddings = self.embeddings.detach()
+        policy_vocab, reward_vocab = policy_tokenizer.get_vocab(), self.tokenizer.get_vocab()
+        size = max(len(policy_tokenizer), max(policy_vocab.values()) + 1)
+        if policy_vocab == reward_vocab:
+            return embeddings[:size].clone()
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            raise ValueError(
+                f"reward tokenizer {self.tokenizer.name_or_path!r} differs from the policy's and has "
+                "no pad token to map unknown tokens to; set its pad_token"
+            )
+        index = torch.full((size,), pad, dtype=torch.long)
+        found = 0
+        for token, policy_id in policy_vocab.items():
+            reward_id = reward_vocab.get(token)
+            if reward_id is not None:
+                index[policy_id] = reward_id
+                found += 1
+        share = found / len(policy_vocab)
+        if share < MIN_ALIGNED_SHARE:
+            raise ValueError(
+                f"reward tokenizer {self.tokenizer.name_or_path!r} shares only {share:.0%} of the policy's "
+                f"token strings (need ≥ {MIN_ALIGNED_SHARE:.0%}); use a reward model from the policy's "
+                "tokenizer family"
+            )
+        log.warning(
+            "reward tokenizer differs from the policy's: aligned %d of %d policy tokens by string, "
+            "the other %d map to the reward pad token",
+            found, len(policy_vocab), len(policy_vocab) - found,
+        )
+        return embeddings[index].clone()
+
+    def _split_template(self, question: str) -> tuple[list[int], list[int]]:
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}, {"role": "assistant", "content": PLACEHOLDER}],
+            tokenize=False,
+        )
+        if text.count(PLACEHOLDER) != 1:
+            raise ValueError(f"reward chat template does not place the answer exactly once: {text!r}")
+        prefix, postfix = text.split(PLACEHOLDER)
+        encode = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+        return encode(prefix), encode(postfix)
+
+    def _embed(self, question: str, response_ids: list[int]) -> torch.Tensor:
+        prefix, postfix = self._split(question)
+        table = self.embeddings
+        return torch.cat(
+            [
+                table[torch.tensor(prefix, dtype=torch.long, device=self.device)],
+                self.aligned[torch.tensor(response_ids, dtype=torch.long, device=self.device)].to(table.dtype),
+                table[torch.tensor(postfix, dtype=torch.long, device=self.device)],
+            ]
+        )  # [T, H_R]
+
+    def _score(self, sequences: list[torch.Tensor]) -> torch.Tensor:
+        """Left-pad embedded sequences and score them: [batch]."""
+        length, hidden = max(len(s) for s in sequences), sequences[0].shape[1]
+        inputs = sequences[0].new_zeros((len(sequences), length, hidden))
+        mask = torch.zeros((len(sequences), length), dtype=torch.long, device=self.device)
+        for b, seq in enumerate(sequences):
+            inputs[b, length - len(seq) :] = seq
+            mask[b, length - len(seq) :] = 1
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.autocast_bf16)
+        with autocast:
+            hidden = self.model.base_model(
+                inputs_embeds=inputs, attention_mask=mask, position_ids=positions_from_mask(mask)
+            ).last_hidden_state
+            return self.model.score(hidden[:, -1])[:, 0].float()  # left padding: last position is real
+
+    @torch.no_grad()
+    def score(self, requests: list[Reward]) -> list[RewardResult]:
+        sequences = [self._embed(r.prompt_text, r.response_ids) for r in requests]
+        rewards = self._score(sequences)
+        return [RewardResult(float(v), len(s)) for v, s in zip(rewards, sequences)]
+
+    def grad(self, requests: list[RewardGrad]) -> list[RewardGradResult]:
+        """Reward and ∂R/∂(response embeddings) at positions ahead_start: ([m, H_R] each)."""
+        leaves = [self._embed(r.prompt_text, r.response_ids).detach().requires_grad_(True) for r in requests]
+        with torch.enable_grad():
+            rewards = self._score(leaves)
+            grads = torch.autograd.grad(rewards.sum(), leaves)
+        results = []
+        for r, leaf, grad, reward in zip(requests, leaves, grads, rewards):
+            start = len(self._split(r.prompt_text)[0]) + r.ahead_start
+            end = start + len(r.response_ids) - r.ahead_start
+            results.append(RewardGradResult(float(reward), grad[start:end].float().cpu(), leaf.shape[0]))
+        return results

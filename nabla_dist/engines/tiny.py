@@ -1,0 +1,111 @@
+"""Tiny random models with real tokenizers, built offline in seconds (tests, CI, debugging).
+
+`build_tiny_suite(root)` writes, under `root`, with `save_pretrained`:
+  tokenizer/        byte-level BPE (ChatML template, EOS `<|im_end|>`, pad `<|endoftext|>`)
+  policy/           Llama causal LM, untied embeddings
+  policy_tied/      Qwen2 causal LM, tied input/output embeddings
+  reward/           Llama sequence classifier (num_labels=1), same tokenizer
+  reward_other/     Llama sequence classifier with a *different* BPE (vocabulary alignment)
+Everything is seeded, so two builds are identical.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+SUITE_VERSION = "1"
+
+
+def _corpus(seed: int, n: int = 3000) -> list[str]:
+    rng = random.Random(seed)
+    words = "the answer is compute step then so we get total sum product of and a number".split()
+    lines = []
+    for _ in range(n):
+        a, b = rng.randint(0, 999), rng.randint(1, 99)
+        op = rng.choice("+-*/")
+        lines.append(f"{a} {op} {b} = {rng.randint(0, 9999)}. " + " ".join(rng.choices(words, k=6)))
+        lines.append(f"The answer is \\boxed{{{a}}}. user assistant system")
+    return lines
+
+
+def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_corpus(seed), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHATML,
+    )
+
+
+def _llama_config(tokenizer, tied: bool = False, **extra) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=tied,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        **extra,
+    )
+
+
+def build_tiny_suite(root: str | Path) -> dict[str, Path]:
+    """Build (or reuse, if already complete) the tiny models under `root`."""
+    root = Path(root)
+    paths = {name: root / name for name in ("tokenizer", "policy", "policy_tied", "reward", "reward_other")}
+    marker = root / f".complete-v{SUITE_VERSION}"
+    if marker.exists():
+        return paths
+    root.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(vocab_size=400, seed=0)
+    other = build_tokenizer(vocab_size=330, seed=1)
+    tokenizer.save_pretrained(paths["tokenizer"])
+
+    def save(model, tok, name):
+        model.save_pretrained(paths[name])
+        tok.save_pretrained(paths[name])
+
+    torch.manual_seed(0)
+    save(AutoModelForCausalLM.from_config(_llama_config(tokenizer)), tokenizer, "policy")
+    torch.manual_seed(1)
+    qwen = Qwen2Config(**{**_llama_config(tokenizer, tied=True).to_dict(), "model_type": "qwen2"})
+    save(AutoModelForCausalLM.from_config(qwen), tokenizer, "policy_tied")
+    torch.manual_seed(2)
+    reward = AutoModelForSequenceClassification.from_config(_llama_config(tokenizer, num_labels=1))
+    save(reward, tokenizer, "reward")
+    torch.manual_seed(3)
+    reward_other = AutoModelForSequenceClassification.from_config(_llama_config(other, num_labels=1))
+    save(reward_other, other, "reward_other")
+    marker.touch()
+    return paths
