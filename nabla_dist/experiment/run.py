@@ -57,6 +57,15 @@ def build_local_runtime(cfg: ExperimentConfig) -> LocalRuntime:
     return LocalRuntime(policy, reward, cfg.runtime.max_batch_size)
 
 
+def build_runtime(cfg: ExperimentConfig):
+    """`runtime.kind`: local engines in this process, or Ray replicas (same interface)."""
+    if cfg.runtime.kind == "ray":
+        from nabla_dist.runtime.ray_runtime import RayRuntime
+
+        return RayRuntime.from_config(cfg)
+    return build_local_runtime(cfg)
+
+
 def make_program(cfg: ExperimentConfig, prompt: Prompt, seed: int, head=None):
     m = cfg.method
     if m.name == "nabla":
@@ -77,7 +86,7 @@ class Experiment:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(to_yaml(cfg))
         self.results = ResultsFile(self.out / "results.jsonl")
-        self.runtime = runtime or build_local_runtime(cfg)
+        self.runtime = runtime or build_runtime(cfg)
         self.tokenizer = self.runtime.tokenizer
 
     def run(self) -> dict:
