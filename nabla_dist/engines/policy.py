@@ -246,7 +246,7 @@ class PolicyEngine:
                     positions=positions,
                     grads=grads.cpu(),
                     norms=None if norms is None else norms.cpu(),
-                    logprob=float(token_logprob[offset : offset + m].sum()),
+                    logprob=float(token_logprob[offset : offset + m].detach().sum()),
                     forward_tokens=len(r.ids),
                 )
             )

@@ -133,5 +133,5 @@ class RewardEngine:
         for r, leaf, grad, reward in zip(requests, leaves, grads, rewards):
             start = len(self._split(r.prompt_text)[0]) + r.ahead_start
             end = start + len(r.response_ids) - r.ahead_start
-            results.append(RewardGradResult(float(reward), grad[start:end].float().cpu(), leaf.shape[0]))
+            results.append(RewardGradResult(float(reward.detach()), grad[start:end].float().cpu(), leaf.shape[0]))
         return results

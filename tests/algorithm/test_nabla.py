@@ -1,0 +1,149 @@
+"""The ∇-Reasoner program on the tiny models: accounting, rejection scoring, seeds, switches."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from nabla_dist.algorithm.dto import DTOConfig
+from nabla_dist.algorithm.nabla import NablaConfig, NablaReasoner
+from nabla_dist.algorithm.requests import PolicyGrad, Reward, RewardGrad, Rollout
+from nabla_dist.runtime.local import LocalRuntime
+from tests.conftest import make_policy, make_reward
+
+QUESTIONS = ["Compute 3 + 4.", "Compute ((17 + 25) * 3 - 48) / 6.", "What is 9 * 9 - 1?"]
+# Random tiny models are confident nowhere, so every position is a candidate; the large lr
+# moves the argmax so that resampling, regeneration and rejection all happen.
+CONFIG = NablaConfig(
+    max_new_tokens=20, max_rollouts=4, grad_norm_threshold=1e-4, dto=DTOConfig(max_iters=6, lr=0.5)
+)
+
+
+class RecordingRuntime(LocalRuntime):
+    """The real local runtime, keeping every request it served (per program key)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.served = []
+
+    def serve(self, requests):
+        self.served += requests
+        return super().serve(requests)
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_paths):
+    policy = make_policy(tiny_paths)
+    return policy, make_reward(tiny_paths, policy.tokenizer)
+
+
+def run_programs(engines, cfg=CONFIG, seeds=(0, 1, 2), head=False, max_batch_size=16):
+    policy, reward = engines
+    runtime = RecordingRuntime(policy, reward, max_batch_size=max_batch_size)
+    matrix = policy.head_matrix() if head else None
+    outputs = {}
+    programs = {
+        i: NablaReasoner(policy.encode_prompt(q), cfg, seed, matrix).run()
+        for i, (q, seed) in enumerate(zip(QUESTIONS, seeds))
+    }
+
+    def finish(key, output, error):
+        assert error is None, error
+        outputs[key] = output
+
+    runtime.run(programs, finish)
+    return outputs, runtime
+
+
+def test_counts_equal_hand_computation_from_event_log(engines):
+    outputs, runtime = run_programs(engines)
+    for output in outputs.values():
+        events, count = output.count.events, output.count
+        kinds = [e["event"] for e in events]
+        rollout_tokens = sum(e["tokens"] for e in events if e["event"] == "rollout")
+        rollouts = kinds.count("rollout")
+        inner, probes, reused = kinds.count("grad_inner"), kinds.count("grad_probe"), kinds.count("grad_reused")
+        compares = kinds.count("compare")
+        assert count.model_calls == rollout_tokens + 4 * (inner + reused) + 2 * compares
+        assert count.model_calls_honest == rollout_tokens + rollouts + 4 * (inner + probes) + 2 * compares
+        assert probes > 0 and inner > 0 and compares > 0, "the run must exercise every charge"
+        assert count.rejections == sum(e["rejected"] for e in events if e["event"] == "compare")
+    # and the log agrees with the requests the runtime actually served
+    served = runtime.served
+    total = lambda key: sum(sum(e["event"] == key for e in o.count.events) for o in outputs.values())  # noqa: E731
+    assert sum(isinstance(r, Rollout) and r.max_new_tokens > 0 for r in served) <= total("rollout")
+    assert sum(isinstance(r, PolicyGrad) for r in served) == total("grad_inner") + total("grad_probe")
+    assert sum(isinstance(r, RewardGrad) for r in served) == total("grad_inner") + total("grad_probe")
+    assert sum(isinstance(r, Reward) for r in served) == 2 * total("compare")
+
+
+def test_rejection_scores_both_responses_in_the_same_template(engines):
+    policy, reward = engines
+    _, runtime = run_programs(engines)
+    scores = [r for r in runtime.served if isinstance(r, Reward)]
+    prompts = {tuple(policy.encode_prompt(q).ids): q for q in QUESTIONS}
+    assert scores
+    for request in scores:
+        assert request.prompt_text in QUESTIONS
+        # regression: the reference scored the current response with the prompt left inside it
+        for prompt_ids in prompts:
+            assert tuple(request.response_ids[: len(prompt_ids)]) != prompt_ids
+    # a current/proposed pair shares the committed prefix and the question
+    pairs = list(zip(scores[0::2], scores[1::2]))
+    assert all(a.prompt_text == b.prompt_text for a, b in pairs)
+
+
+def test_same_seed_same_result_other_seed_other_rollouts(engines):
+    first, _ = run_programs(engines, seeds=(0, 1, 2))
+    again, _ = run_programs(engines, seeds=(0, 1, 2))
+    other, _ = run_programs(engines, seeds=(10, 11, 12))
+    for key in first:
+        assert first[key].response_ids == again[key].response_ids
+        assert first[key].count.totals() == again[key].count.totals()
+    assert any(first[k].response_ids != other[k].response_ids for k in first)
+
+
+def test_batching_does_not_change_results(engines):
+    batched, runtime_batched = run_programs(engines)
+    single, runtime_single = run_programs(engines, max_batch_size=1)
+    for key in batched:
+        assert batched[key].response_ids == single[key].response_ids
+        assert batched[key].count.totals() == single[key].count.totals()
+    assert sum(runtime_batched.engine_calls.values()) < sum(runtime_single.engine_calls.values())
+
+
+@pytest.mark.parametrize("switch", ["grad_caching", "reuse_selector_grad"])
+def test_exact_accelerations_leave_outputs_unchanged(engines, switch):
+    on, _ = run_programs(engines)
+    off_cfg = dataclasses.replace(CONFIG, **{switch: False}) if switch != "grad_caching" else dataclasses.replace(
+        CONFIG, dto=dataclasses.replace(CONFIG.dto, grad_caching=False)
+    )
+    off, _ = run_programs(engines, cfg=off_cfg)
+    for key in on:
+        assert on[key].response_ids == off[key].response_ids
+    evaluations = lambda outs: sum(o.count.grad_evaluations for o in outs.values())  # noqa: E731
+    assert evaluations(on) < evaluations(off)
+
+
+def test_latents_parametrization_runs_and_is_reproducible(engines):
+    cfg = dataclasses.replace(CONFIG, parametrization="latents")
+    first, _ = run_programs(engines, cfg=cfg, head=True)
+    again, _ = run_programs(engines, cfg=cfg, head=True)
+    for key in first:
+        assert first[key].response_ids == again[key].response_ids
+        assert first[key].count.positions_optimized > 0
+
+
+def test_rollout_budget_of_one_is_plain_sampling(engines):
+    cfg = dataclasses.replace(CONFIG, max_rollouts=1)
+    outputs, runtime = run_programs(engines, cfg=cfg)
+    assert all(isinstance(r, Rollout) for r in runtime.served)
+    for output in outputs.values():
+        assert output.count.rollouts == 1 and output.count.model_calls == len(output.response_ids)
+
+
+def test_latents_without_head_is_refused(engines):
+    policy, _ = engines
+    with pytest.raises(ValueError, match="LM head"):
+        NablaReasoner(policy.encode_prompt("x"), dataclasses.replace(CONFIG, parametrization="latents"), 0)

@@ -1,0 +1,43 @@
+"""Shared fixtures: the offline tiny model suite, engines built from it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def tiny_paths():
+    from nabla_dist.engines.loading import cache_dir
+    from nabla_dist.engines.tiny import build_tiny_suite
+
+    return build_tiny_suite(cache_dir() / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_paths):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_paths["tokenizer"])
+
+
+def make_policy(tiny_paths, name="policy", **options):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nabla_dist.engines.policy import EngineOptions, PolicyEngine
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_paths[name])
+    return PolicyEngine(model, AutoTokenizer.from_pretrained(tiny_paths[name]), EngineOptions(**options))
+
+
+def make_reward(tiny_paths, policy_tokenizer, name="reward", **options):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from nabla_dist.engines.policy import EngineOptions
+    from nabla_dist.engines.reward import RewardEngine
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_paths[name])
+    return RewardEngine(model, AutoTokenizer.from_pretrained(tiny_paths[name]), policy_tokenizer, EngineOptions(**options))
