@@ -138,7 +138,9 @@ class RuntimeConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = "disabled"  # disabled | offline | online
+    """experiment/tracking.py. Credentials never go here: W&B reads WANDB_API_KEY or ~/.netrc."""
+
+    mode: str = "offline"  # offline (sync later) | online | disabled (tests)
     project: str = "nabla-dist"
     entity: Optional[str] = None
     group: Optional[str] = None
@@ -183,7 +185,9 @@ def load_config(experiment: str | None = "default", overrides: list[str] = ()) -
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as error:
-        raise ConfigError(f"bad configuration: {error}".split("\n    full_key")[0]) from error
+        key = getattr(error, "full_key", None) or "?"
+        message = (getattr(error, "msg", None) or str(error)).split("\n")[0]
+        raise ConfigError(f"bad configuration key {key!r}: {message}") from error
     except ValueError as error:  # __post_init__ checks of nested configs
         raise ConfigError(str(error)) from error
 
