@@ -65,7 +65,7 @@ class RewardGrad:
 class RewardGradResult:
     reward: float
     embedding_grad: torch.Tensor  # [m, H_R], m = len(response_ids) - ahead_start
-    tokens: int  # tokens in the reward model's input
+    tokens: int  # tokens run with gradient (see PolicyGradResult.forward_tokens)
 
 
 @dataclass
@@ -109,7 +109,10 @@ class PolicyGradResult:
     grads: torch.Tensor  # [len(positions), V] ∂L/∂y at those positions
     norms: torch.Tensor | None  # [m] ‖∂L/∂y_i‖₂ for every ahead position, if asked
     logprob: float  # Σ_i log π(a_i | ...) over the ahead tokens
-    forward_tokens: int  # tokens run forward (and backward) for this request
+    # tokens run forward and backward for this request: the whole sequence, or only the
+    # ahead tokens when the engine serves the prefix from its KV cache (prefix passes,
+    # done once per prefix without grad, are not charged: that keeps counts deterministic)
+    forward_tokens: int
 
 
 Request = Rollout | PolicyGrad | RewardGrad | Reward

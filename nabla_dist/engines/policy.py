@@ -16,6 +16,7 @@ import torch
 from nabla_dist.algorithm.nabla import Prompt
 from nabla_dist.algorithm.requests import PolicyGrad, PolicyGradResult, Rollout, RolloutResult
 from nabla_dist.algorithm.sampling import make_generator, sample_token
+from nabla_dist.engines.prefix_cache import PrefixCache, forward_after_prefixes
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class EngineOptions:
     device: str = "cpu"
     autocast_bf16: bool = False  # bf16 autocast for forward/backward (fp32 projections)
     norm_chunk: int = 64  # ahead positions per chunk when computing every position's norm
+    prefix_cache: int = 64  # prefixes whose KV is kept for gradient passes (0: recompute all)
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -47,6 +49,9 @@ class PolicyEngine:
         )
         self.context = getattr(model.config, "max_position_embeddings", None) or 10**9
         self.reward_embeddings: torch.Tensor | None = None  # [V, H_R], see set_reward_embeddings
+        self.prefix_cache = (
+            PrefixCache(self.model.base_model, options.prefix_cache) if options.prefix_cache > 0 else None
+        )
 
     # -- shapes and shared matrices ---------------------------------------------------
     @property
@@ -94,7 +99,7 @@ class PolicyEngine:
 
     def _hidden(self, **inputs):
         out = self.model.base_model(**inputs)
-        return out.last_hidden_state, getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        return out.last_hidden_state, out.cache
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.get_output_embeddings()(hidden).float()
@@ -197,31 +202,14 @@ class PolicyEngine:
         for r in requests:
             if r.lambda_reward != 0 and r.reward_embedding_grad is not None and self.reward_embeddings is None:
                 raise RuntimeError("PolicyGrad carries a reward gradient but no aligned reward embeddings were set")
-        batch, length = len(requests), max(len(r.ids) for r in requests)
-        ids = torch.full((batch, length), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((batch, length), dtype=torch.long)
-        for b, r in enumerate(requests):
-            ids[b, : len(r.ids)] = torch.tensor(r.ids)
-            mask[b, : len(r.ids)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        passes = self._ahead_pass_with_prefix if self.prefix_cache is not None else self._ahead_pass
+        log_probs, token_logprob, ahead_grads, forward_tokens = passes(requests)
         embeddings = self.embeddings
-        inputs = embeddings[ids].detach().requires_grad_(True)  # [batch, T, H]
-        # Row b's ahead token i (sequence position s_b + i) is predicted at s_b + i - 1.
-        rows = torch.cat([torch.full((len(r.ids) - r.ahead_start,), b) for b, r in enumerate(requests)])
-        at = torch.cat([torch.arange(r.ahead_start, len(r.ids)) for r in requests])
-        with self._autocast():
-            hidden, _ = self._hidden(inputs_embeds=inputs, attention_mask=mask, use_cache=False)
-            log_probs = torch.log_softmax(self._head(hidden[rows, at - 1]), dim=-1)  # [N, V]
-        targets = ids[rows, at]
-        token_logprob = log_probs.gather(1, targets[:, None]).squeeze(1)  # [N]
-        (grad_inputs,) = torch.autograd.grad(token_logprob.sum(), inputs)  # [batch, T, H]
-        log_probs, grad_inputs = log_probs.detach(), grad_inputs.float()
-
         results, offset = [], 0
         for b, r in enumerate(requests):
             m = len(r.ids) - r.ahead_start
             ell = log_probs[offset : offset + m]  # [m, V]
-            g_policy = grad_inputs[b, r.ahead_start : len(r.ids)]  # [m, H]
+            g_policy = ahead_grads[b]  # [m, H]
             g_reward = None
             if r.lambda_reward != 0 and r.reward_embedding_grad is not None:
                 g_reward = r.reward_embedding_grad.to(self.device, torch.float32)  # [m, H_R]
@@ -246,12 +234,66 @@ class PolicyEngine:
                     positions=positions,
                     grads=grads.cpu(),
                     norms=None if norms is None else norms.cpu(),
-                    logprob=float(token_logprob[offset : offset + m].detach().sum()),
-                    forward_tokens=len(r.ids),
+                    logprob=float(token_logprob[offset : offset + m].sum()),
+                    forward_tokens=forward_tokens[b],
                 )
             )
             offset += m
         return results
+
+
+    def _ahead_pass(self, requests: list[PolicyGrad]):
+        """Forward+backward over whole sequences (right padding).
+
+        Returns log-probs [N, V] for the N ahead tokens of all rows, their token log-probs
+        [N], ∂S/∂(embedding) at each row's ahead positions ([m_b, H] each), tokens run.
+        """
+        batch, length = len(requests), max(len(r.ids) for r in requests)
+        ids = torch.full((batch, length), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((batch, length), dtype=torch.long)
+        for b, r in enumerate(requests):
+            ids[b, : len(r.ids)] = torch.tensor(r.ids)
+            mask[b, : len(r.ids)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        inputs = self.embeddings[ids].detach().requires_grad_(True)  # [batch, T, H]
+        # Row b's ahead token i (sequence position s_b + i) is predicted at s_b + i - 1.
+        rows = torch.cat([torch.full((len(r.ids) - r.ahead_start,), b) for b, r in enumerate(requests)])
+        at = torch.cat([torch.arange(r.ahead_start, len(r.ids)) for r in requests])
+        with self._autocast():
+            hidden, _ = self._hidden(inputs_embeds=inputs, attention_mask=mask, use_cache=False)
+            log_probs = torch.log_softmax(self._head(hidden[rows, at - 1]), dim=-1)  # [N, V]
+        token_logprob = log_probs.gather(1, ids[rows, at][:, None]).squeeze(1)  # [N]
+        (grad_inputs,) = torch.autograd.grad(token_logprob.sum(), inputs)  # [batch, T, H]
+        ahead = [grad_inputs[b, r.ahead_start : len(r.ids)].float() for b, r in enumerate(requests)]
+        return log_probs.detach(), token_logprob.detach(), ahead, [len(r.ids) for r in requests]
+
+    def _ahead_pass_with_prefix(self, requests: list[PolicyGrad]):
+        """Same results as `_ahead_pass`, running only the ahead tokens on cached prefix KV."""
+        embeddings = self.embeddings
+        prefixes = []
+        for r in requests:
+            key = tuple(r.ids[: r.ahead_start])
+            with self._autocast():
+                prefixes.append(self.prefix_cache.get(key, embeddings[torch.tensor(key, device=self.device)]))
+        lengths = [len(r.ids) - r.ahead_start for r in requests]
+        ahead_ids = torch.full((len(requests), max(lengths)), self.tokenizer.pad_token_id, dtype=torch.long)
+        for b, r in enumerate(requests):
+            ahead_ids[b, : lengths[b]] = torch.tensor(r.ids[r.ahead_start :])
+        ahead_ids = ahead_ids.to(self.device)
+        inputs = embeddings[ahead_ids].detach().requires_grad_(True)  # [batch, A, H]
+        with self._autocast():
+            hidden = forward_after_prefixes(self.model.base_model, prefixes, inputs, lengths)  # [batch, A, H]
+            # ahead token i is predicted by the hidden state before it: the prefix's last for i = 0
+            predicting = torch.cat(
+                [torch.cat([p.last_hidden[None].to(hidden.dtype), hidden[b, : n - 1]]) for b, (p, n) in
+                 enumerate(zip(prefixes, lengths))]
+            )  # [N, H]
+            log_probs = torch.log_softmax(self._head(predicting), dim=-1)  # [N, V]
+        targets = torch.cat([ahead_ids[b, :n] for b, n in enumerate(lengths)])
+        token_logprob = log_probs.gather(1, targets[:, None]).squeeze(1)  # [N]
+        (grad_inputs,) = torch.autograd.grad(token_logprob.sum(), inputs)  # [batch, A, H]
+        ahead = [grad_inputs[b, :n].float() for b, n in enumerate(lengths)]
+        return log_probs.detach(), token_logprob.detach(), ahead, lengths
 
 
 def _as_list(value) -> list:

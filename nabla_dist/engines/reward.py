@@ -16,6 +16,7 @@ import torch
 
 from nabla_dist.algorithm.requests import Reward, RewardGrad, RewardGradResult, RewardResult
 from nabla_dist.engines.policy import EngineOptions, positions_from_mask
+from nabla_dist.engines.prefix_cache import PrefixCache, forward_after_prefixes
 
 log = logging.getLogger(__name__)
 PLACEHOLDER = "<<nabla-dist-answer>>"
@@ -41,6 +42,9 @@ class RewardEngine:
         self.device = torch.device(options.device)
         self.aligned = self.aligned_embeddings(policy_tokenizer).to(self.device)  # [V_policy, H_R]
         self._split = lru_cache(maxsize=4096)(self._split_template)
+        self.prefix_cache = (
+            PrefixCache(self.model.base_model, options.prefix_cache) if options.prefix_cache > 0 else None
+        )
 
     @property
     def embeddings(self) -> torch.Tensor:
@@ -102,6 +106,9 @@ class RewardEngine:
             ]
         )  # [T, H_R]
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.autocast_bf16)
+
     def _score(self, sequences: list[torch.Tensor]) -> torch.Tensor:
         """Left-pad embedded sequences and score them: [batch]."""
         length, hidden = max(len(s) for s in sequences), sequences[0].shape[1]
@@ -110,8 +117,7 @@ class RewardEngine:
         for b, seq in enumerate(sequences):
             inputs[b, length - len(seq) :] = seq
             mask[b, length - len(seq) :] = 1
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.autocast_bf16)
-        with autocast:
+        with self._autocast():
             hidden = self.model.base_model(
                 inputs_embeds=inputs, attention_mask=mask, position_ids=positions_from_mask(mask)
             ).last_hidden_state
@@ -125,6 +131,8 @@ class RewardEngine:
 
     def grad(self, requests: list[RewardGrad]) -> list[RewardGradResult]:
         """Reward and ∂R/∂(response embeddings) at positions ahead_start: ([m, H_R] each)."""
+        if self.prefix_cache is not None:
+            return self._grad_with_prefix(requests)
         leaves = [self._embed(r.prompt_text, r.response_ids).detach().requires_grad_(True) for r in requests]
         with torch.enable_grad():
             rewards = self._score(leaves)
@@ -135,3 +143,32 @@ class RewardEngine:
             end = start + len(r.response_ids) - r.ahead_start
             results.append(RewardGradResult(float(reward.detach()), grad[start:end].float().cpu(), leaf.shape[0]))
         return results
+
+    def _grad_with_prefix(self, requests: list[RewardGrad]) -> list[RewardGradResult]:
+        """As `grad`, running only ahead ‖ postfix on the cached KV of template prefix ‖ committed."""
+        prefixes, suffixes = [], []
+        for r in requests:
+            sequence = self._embed(r.prompt_text, r.response_ids)  # [T, H_R]
+            split = len(self._split(r.prompt_text)[0]) + r.ahead_start
+            key = (r.prompt_text, tuple(r.response_ids[: r.ahead_start]))
+            with self._autocast():
+                prefixes.append(self.prefix_cache.get(key, sequence[:split]))
+            suffixes.append(sequence[split:])
+        lengths = [len(x) for x in suffixes]
+        inputs = suffixes[0].new_zeros((len(requests), max(lengths), suffixes[0].shape[1]))
+        for b, x in enumerate(suffixes):
+            inputs[b, : len(x)] = x
+        inputs.requires_grad_(True)
+        with torch.enable_grad(), self._autocast():
+            hidden = forward_after_prefixes(self.model.base_model, prefixes, inputs, lengths)
+            last = hidden[torch.arange(len(requests)), torch.tensor(lengths) - 1]  # right padding
+            rewards = self.model.score(last)[:, 0].float()
+            (grads,) = torch.autograd.grad(rewards.sum(), inputs)
+        return [
+            RewardGradResult(
+                float(reward.detach()),
+                grad[: len(r.response_ids) - r.ahead_start].float().cpu(),
+                n,
+            )
+            for r, grad, reward, n in zip(requests, grads, rewards, lengths)
+        ]

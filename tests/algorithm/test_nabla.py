@@ -147,3 +147,17 @@ def test_latents_without_head_is_refused(engines):
     policy, _ = engines
     with pytest.raises(ValueError, match="LM head"):
         NablaReasoner(policy.encode_prompt("x"), dataclasses.replace(CONFIG, parametrization="latents"), 0)
+
+
+@pytest.mark.parametrize("parametrization", ["logits", "latents"])
+def test_prefix_kv_leaves_outputs_unchanged(tiny_paths, parametrization):
+    cfg = dataclasses.replace(CONFIG, parametrization=parametrization)
+    results = {}
+    for size in (0, 64):
+        policy = make_policy(tiny_paths, prefix_cache=size)
+        engines = (policy, make_reward(tiny_paths, policy.tokenizer, prefix_cache=size))
+        results[size], _ = run_programs(engines, cfg=cfg, head=parametrization == "latents")
+        if size:
+            assert policy.prefix_cache.hits > 0 and engines[1].prefix_cache.hits > 0
+    for key in results[0]:
+        assert results[0][key].response_ids == results[64][key].response_ids

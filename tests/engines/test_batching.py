@@ -11,10 +11,10 @@ from tests.conftest import make_policy, make_reward
 QUESTIONS = ["Compute 3 + 4.", "Compute ((17 + 25) * 3 - 48) / 6.", "What is 9 * 9 - 1 step by step?"]
 
 
-@pytest.fixture(scope="module")
-def engines(tiny_paths):
-    policy = make_policy(tiny_paths)
-    reward = make_reward(tiny_paths, policy.tokenizer)
+@pytest.fixture(scope="module", params=[0, 8], ids=["full", "prefix_kv"])
+def engines(tiny_paths, request):
+    policy = make_policy(tiny_paths, prefix_cache=request.param)
+    reward = make_reward(tiny_paths, policy.tokenizer, prefix_cache=request.param)
     policy.set_reward_embeddings(reward.aligned)
     return policy, reward
 

@@ -1,0 +1,80 @@
+"""Prefix KV for gradient passes: the fixed part of a sequence is run once, without grad.
+
+While one position is optimized, prompt ‖ committed is fixed; its keys/values (and the
+hidden state at its last position, which predicts the first ahead token) are computed
+once and reused for every forward+backward over the ahead tokens. Exact: the prefix does
+not depend on the ahead one-hots. A batch of rows with different prefix lengths is laid
+out as [left pad | prefix | suffix | right pad] with the matching attention mask.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class Prefix:
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [1, kv_heads, P, d] each
+    last_hidden: torch.Tensor  # [H] hidden state at the prefix's last position
+    length: int
+
+
+class PrefixCache:
+    """LRU cache of prefixes of one model, keyed by whatever identifies the prefix."""
+
+    def __init__(self, base_model, capacity: int = 64):
+        self.base_model = base_model
+        self.capacity = capacity
+        self._entries: OrderedDict = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @torch.no_grad()
+    def get(self, key, embeddings: torch.Tensor) -> Prefix:
+        """The prefix for `key`; `embeddings` [P, H] are its input embeddings (used on a miss)."""
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return self._entries[key]
+        self.misses += 1
+        out = self.base_model(inputs_embeds=embeddings[None], use_cache=True)
+        layers = [(layer.keys, layer.values) for layer in out.cache.layers]
+        entry = Prefix(layers, out.last_hidden_state[0, -1], embeddings.shape[0])
+        self._entries[key] = entry
+        if len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return entry
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def forward_after_prefixes(base_model, prefixes: list[Prefix], suffix: torch.Tensor, lengths: list[int]):
+    """Hidden states of the suffix rows given their cached prefixes.
+
+    suffix: [B, S, H] input embeddings, right-padded; lengths: real suffix length per row.
+    Returns [B, S, H].
+    """
+    batch, longest = len(prefixes), max(p.length for p in prefixes)
+    layers = []
+    for layer in range(len(prefixes[0].keys_values)):
+        keys, values = [], []
+        for p in prefixes:
+            k, v = p.keys_values[layer]
+            pad = (0, 0, longest - p.length, 0)  # left-pad the sequence dimension
+            keys.append(torch.nn.functional.pad(k, pad))
+            values.append(torch.nn.functional.pad(v, pad))
+        layers.append((torch.cat(keys), torch.cat(values)))
+    cache = DynamicCache(ddp_cache_data=layers, config=base_model.config)
+    steps = suffix.shape[1]
+    mask = torch.zeros((batch, longest + steps), dtype=torch.long, device=suffix.device)
+    positions = torch.zeros((batch, steps), dtype=torch.long, device=suffix.device)
+    for b, (p, n) in enumerate(zip(prefixes, lengths)):
+        mask[b, longest - p.length : longest + n] = 1
+        positions[b] = p.length + torch.arange(steps)
+    out = base_model(inputs_embeds=suffix, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+    return out.last_hidden_state
