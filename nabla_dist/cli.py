@@ -1,4 +1,8 @@
-"""`nabla-dist` command line: `nabla-dist run [EXPERIMENT] [key=value ...]`."""
+"""`nabla-dist` command line.
+
+    nabla-dist run [EXPERIMENT] [key=value ...]     run (or resume) one experiment
+    nabla-dist rescore OUTPUT_DIR [--n 1 2 4]      SC / BoN at smaller N, no new generation
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import logging
 import sys
 
 from nabla_dist.experiment.config import ConfigError, load_config
+from nabla_dist.experiment.results import OutputBusy
 
 
 def _run(args) -> int:
@@ -20,6 +25,18 @@ def _run(args) -> int:
     return 0
 
 
+def _rescore(args) -> int:
+    from nabla_dist.experiment.rescore import format_table, rescore_run
+
+    try:
+        table = rescore_run(args.output_dir, args.n)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    print(format_table(table))
+    print(f"rescore: {args.output_dir}/rescore.json")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nabla-dist", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
@@ -28,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("experiment", nargs="?", default="default", help="name under configs/ or a YAML path")
     run.add_argument("overrides", nargs="*", help="config overrides, e.g. data.limit=4 method.name=greedy")
     run.set_defaults(func=_run)
+    rescore = sub.add_parser("rescore", help="re-score a self_consistency / best_of_n run at smaller N, "
+                             "without new generation (writes <output_dir>/rescore.json)")
+    rescore.add_argument("output_dir")
+    rescore.add_argument("--n", type=int, nargs="+", help="the n's (default: 1, 2, 4, … below N, and N)")
+    rescore.set_defaults(func=_rescore)
     argv = sys.argv[1:] if argv is None else argv
     # `nabla-dist run data.limit=4`: a first positional with '=' is an override, not an experiment
     if len(argv) >= 2 and argv[0] == "run" and "=" in argv[1]:
@@ -36,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, FileNotFoundError, OutputBusy) as error:
         print(f"nabla-dist: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,7 +1,10 @@
 """One experiment: problems × repeats through one method, results streamed to the output dir.
 
 Where a result is written: `_record` builds the line, `ResultsFile.append` writes it the
-moment a problem finishes. Restarting with the same output directory skips what is done.
+moment a problem finishes. Restarting with the same output directory skips every finished
+(problem, repeat, method) and refuses a config that would compute something else
+(results.py: `RESULT_NEUTRAL`). A failed problem is recorded with its reason, counts as
+wrong, and is not retried on resume.
 """
 
 from __future__ import annotations
@@ -18,12 +21,21 @@ from nabla_dist.algorithm.nabla import NablaReasoner, ProgramOutput, Prompt
 from nabla_dist.engines.loading import load_causal_lm, load_reward_model, load_tokenizer
 from nabla_dist.engines.policy import EngineOptions, PolicyEngine
 from nabla_dist.engines.reward import RewardEngine
-from nabla_dist.experiment.config import ExperimentConfig, to_yaml
+from nabla_dist.experiment.config import ConfigError, ExperimentConfig, to_yaml
 from nabla_dist.experiment.data import Problem, load_problems
 from nabla_dist.experiment.grading import extract_answer, is_equivalent
-from nabla_dist.experiment.metrics import majority_vote
-from nabla_dist.experiment.results import ResultsFile, write_json_atomic
+from nabla_dist.experiment.rescore import RESCORABLE, decide
+from nabla_dist.experiment.results import (
+    RESULT_NEUTRAL,
+    OutputLock,
+    ResultsFile,
+    result_key,
+    resume_conflicts,
+    write_json_atomic,
+    write_text_atomic,
+)
 from nabla_dist.experiment.summary import summarize_results
+from nabla_dist.experiment.tracking import Tracker
 from nabla_dist.runtime.local import LocalRuntime
 
 log = logging.getLogger(__name__)
@@ -77,6 +89,28 @@ def make_program(cfg: ExperimentConfig, prompt: Prompt, seed: int, head=None):
     return best_of_n(prompt, m.sample(), seed)
 
 
+def check_resume(out: Path, cfg: ExperimentConfig) -> None:
+    """Refuse to continue `out` with a config that changes results, naming the keys.
+
+    A directory without results (say, a first session that failed to load a model) may be
+    reused with any config.
+    """
+    saved, results = out / "config.yaml", out / "results.jsonl"
+    if not saved.exists() or not results.exists() or results.stat().st_size == 0:
+        return
+    try:
+        conflicts = resume_conflicts(saved.read_text(), to_yaml(cfg), ExperimentConfig)
+    except ValueError as error:
+        raise ConfigError(f"cannot resume {out}: {error}") from error
+    if conflicts:
+        raise ConfigError(
+            f"output_dir {out} holds results of a different configuration (saved → now):\n  "
+            + "\n  ".join(conflicts)
+            + f"\nUse another output_dir, or rerun with the saved values; only {', '.join(RESULT_NEUTRAL)} "
+            "may change when resuming."
+        )
+
+
 class Experiment:
     """Runs `cfg` against a runtime (local engines or Ray replicas: same programs)."""
 
@@ -84,21 +118,37 @@ class Experiment:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(to_yaml(cfg))
-        self.results = ResultsFile(self.out / "results.jsonl")
-        self.runtime = runtime or build_runtime(cfg)
+        self.lock = OutputLock(self.out)
+        try:
+            check_resume(self.out, cfg)
+            write_text_atomic(self.out / "config.yaml", to_yaml(cfg))
+            self.results = ResultsFile(self.out / "results.jsonl")
+            self.runtime = runtime or build_runtime(cfg)
+        except BaseException:
+            self.lock.release()
+            raise
         self.tokenizer = self.runtime.tokenizer
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> dict:
         cfg = self.cfg
         problems = {p.id: p for p in load_problems(cfg.data)}
-        done = self.results.done()
+        wanted = {(pid, r, cfg.method.name) for pid in problems for r in range(cfg.data.repeats)}
+        previous = [r for r in self.results.read() if result_key(r) in wanted]
+        done = {result_key(r) for r in previous}
         todo = [(p, r) for p in problems.values() for r in range(cfg.data.repeats)
                 if (p.id, r, cfg.method.name) not in done]
         head = self.runtime.head_matrix() if cfg.method.parametrization == "latents" else None
+        self.session = time.time()
         started: dict = {}
-        progress = tqdm(total=len(todo), desc=f"{cfg.method.name}", unit="problem", disable=None)
-        tally = {"correct": 0, "graded": 0, "calls": 0}
+        tracker = Tracker(cfg, self.out, previous)
+        progress = tqdm(total=len(wanted), initial=len(done), desc=f"{cfg.method.name}", unit="problem",
+                        disable=None)
 
         def programs():
             for problem, repeat in todo:
@@ -106,31 +156,36 @@ class Experiment:
                 try:
                     prompt = self.runtime.encode_prompt(problem.question)
                 except ValueError as error:  # bad problem: recorded, the run goes on
-                    self._finish(problems, key, None, error, time.monotonic(), tally, progress)
+                    self._finish(problems, key, None, None, error, time.monotonic(), tracker, progress)
                     continue
-                started[key] = time.monotonic()
+                started[key] = (time.monotonic(), prompt)
                 yield key, make_program(cfg, prompt, problem_seed(cfg.seed, problem.id, repeat), head)
 
         def on_finish(key, output, error):
-            self._finish(problems, key, output, error, started.pop(key), tally, progress)
+            start, prompt = started.pop(key)
+            self._finish(problems, key, prompt, output, error, start, tracker, progress)
 
-        self.runtime.run(programs(), on_finish, max_in_flight=cfg.runtime.max_in_flight)
-        progress.close()
-        summary = summarize_results(self.results.read())
+        try:
+            self.runtime.run(programs(), on_finish, max_in_flight=cfg.runtime.max_in_flight)
+        except BaseException:
+            tracker.close(failed=True)
+            raise
+        finally:
+            progress.close()
+        records = [r for r in self.results.read() if result_key(r) in wanted]
+        summary = summarize_results(records, cfg.data.repeats)
         write_json_atomic(self.out / "summary.json", summary)
+        tracker.finish(summary, records, self.results.path)
         return summary
 
-    def _finish(self, problems, key, output: ProgramOutput | None, error, start, tally, progress):
+    def _finish(self, problems, key, prompt, output: ProgramOutput | None, error, start, tracker, progress):
         problem: Problem = problems[key[0]]
-        record = self._record(problem, key[1], output, error, time.monotonic() - start)
+        record = self._record(problem, key[1], prompt, output, error, time.monotonic() - start)
         self.results.append(record)
-        if record["correct"] is not None:
-            tally["graded"] += 1
-            tally["correct"] += record["correct"]
-        tally["calls"] += record["model_calls"] or 0
+        tracker.log_result(record)
         progress.update(1)
-        if tally["graded"]:
-            progress.set_postfix(acc=f"{tally['correct'] / tally['graded']:.3f}", calls=tally["calls"])
+        if tracker.graded:
+            progress.set_postfix(acc=f"{tracker.correct / tracker.graded:.3f}", calls=tracker.calls)
         if error is not None:
             log.warning("problem %s repeat %s failed: %s", *key, error)
 
@@ -140,11 +195,38 @@ class Experiment:
             text = text.split(stop)[0]
         return text
 
-    def _record(self, problem: Problem, repeat: int, output, error, wall_s: float) -> dict:
+    def _stopped(self, prompt: Prompt, ids: list[int]) -> bool:
+        """Whether a rollout ended on EOS or a stop string (the policy engine's own test)."""
+        if ids and ids[-1] in prompt.stop_token_ids:
+            return True
+        tail = self.tokenizer.decode(ids[-16:]) if ids else ""
+        return any(s in tail for s in self.cfg.method.stop)
+
+    def candidates(self, prompt: Prompt, output: ProgramOutput) -> list[dict]:
+        """SC / BoN samples with what each cost, in sample order (rescore.py decides from these)."""
+        rollouts = [e for e in output.count.events if e["event"] == "rollout"]
+        rewards = [e for e in output.count.events if e["event"] == "reward"]
+        out = []
+        for j, ids in enumerate(output.candidates):
+            text = self.decode(ids)
+            candidate = {
+                "response": text,
+                "answer": extract_answer(text),
+                "tokens": len(ids),
+                "forward_tokens": rollouts[j]["forward_tokens"],
+                "stopped": self._stopped(prompt, ids),
+            }
+            if output.candidate_rewards:
+                candidate.update(reward=output.candidate_rewards[j], reward_tokens=rewards[j]["tokens"])
+            out.append(candidate)
+        return out
+
+    def _record(self, problem: Problem, repeat: int, prompt, output, error, wall_s: float) -> dict:
+        method = self.cfg.method.name
         record = {
             "problem_id": problem.id,
             "repeat": repeat,
-            "method": self.cfg.method.name,
+            "method": method,
             "seed": problem_seed(self.cfg.seed, problem.id, repeat),
             "gold": problem.answer,
             "response": None,
@@ -156,21 +238,21 @@ class Experiment:
             "stopped": None,
             "counts": {},
             "wall_s": round(wall_s, 4),
+            "session": self.session,
+            "finished_at": time.time(),
             "error": None if error is None else f"{type(error).__name__}: {error}",
         }
         if output is None:
             return record
+        if method in RESCORABLE:
+            candidates = self.candidates(prompt, output)
+            record.update(decide(method, candidates, problem.answer), candidates=candidates)
+            if record["counts"] != output.count.totals():  # the replay must match the program's own count
+                raise RuntimeError(f"{method} counts replayed from candidates differ from the program's: "
+                                     f"{record['counts']} vs {output.count.totals()}")
+            return record
         response = self.decode(output.response_ids)
         pred = extract_answer(response)
-        if output.candidates and self.cfg.method.name == "self_consistency":
-            texts = [self.decode(c) for c in output.candidates]
-            answers = [extract_answer(t) for t in texts]
-            pred = majority_vote(answers)
-            response = texts[answers.index(pred)] if pred is not None else texts[0]
-            record["candidate_answers"] = answers
-        if output.candidate_rewards:
-            record["candidate_answers"] = [extract_answer(self.decode(c)) for c in output.candidates]
-            record["candidate_rewards"] = output.candidate_rewards
         record.update(
             response=response,
             pred=pred,
