@@ -24,7 +24,16 @@ MIN_ALIGNED_SHARE = 0.5  # below this share of policy tokens found, alignment is
 
 
 class RewardEngine:
-    def __init__(self, model, tokenizer, policy_tokenizer, options: EngineOptions = EngineOptions()):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        policy_tokenizer,
+        options: EngineOptions = EngineOptions(),
+        policy_vocab_size: int | None = None,
+    ):
+        """`policy_vocab_size`: rows of the policy's embedding matrix when it exceeds its
+        tokenizer (padded vocabularies); the extra rows map to the reward pad token."""
         if not hasattr(model, "score") or getattr(model.config, "num_labels", 1) != 1:
             raise ValueError(
                 f"reward model {model.name_or_path!r} ({type(model).__name__}, num_labels="
@@ -40,7 +49,7 @@ class RewardEngine:
         self.tokenizer = tokenizer
         self.options = options
         self.device = torch.device(options.device)
-        self.aligned = self.aligned_embeddings(policy_tokenizer).to(self.device)  # [V_policy, H_R]
+        self.aligned = self.aligned_embeddings(policy_tokenizer, policy_vocab_size).to(self.device)  # [V_policy, H_R]
         self._split = lru_cache(maxsize=4096)(self._split_template)
         self.prefix_cache = (
             PrefixCache(self.model.base_model, options.prefix_cache) if options.prefix_cache > 0 else None
@@ -50,20 +59,24 @@ class RewardEngine:
     def embeddings(self) -> torch.Tensor:
         return self.model.get_input_embeddings().weight  # [V_R, H_R]
 
-    def aligned_embeddings(self, policy_tokenizer) -> torch.Tensor:
+    def aligned_embeddings(self, policy_tokenizer, policy_vocab_size: int | None = None) -> torch.Tensor:
         """[V_policy, H_R]: the reward embedding of each policy token's string."""
         embeddings = self.embeddings.detach()
         policy_vocab, reward_vocab = policy_tokenizer.get_vocab(), self.tokenizer.get_vocab()
-        size = max(len(policy_tokenizer), max(policy_vocab.values()) + 1)
-        if policy_vocab == reward_vocab:
-            return embeddings[:size].clone()
+        size = max(len(policy_tokenizer), max(policy_vocab.values()) + 1, policy_vocab_size or 0)
         pad = self.tokenizer.pad_token_id
         if pad is None:
+            pad = self.tokenizer.eos_token_id if policy_vocab == reward_vocab else None
+        if pad is None:
             raise ValueError(
-                f"reward tokenizer {self.tokenizer.name_or_path!r} differs from the policy's and has "
-                "no pad token to map unknown tokens to; set its pad_token"
+                f"reward tokenizer {self.tokenizer.name_or_path!r} has no pad token to map tokens it "
+                "lacks to; set its pad_token"
             )
         index = torch.full((size,), pad, dtype=torch.long)
+        if policy_vocab == reward_vocab:
+            rows = min(size, embeddings.shape[0])
+            index[:rows] = torch.arange(rows)
+            return embeddings[index].clone()
         found = 0
         for token, policy_id in policy_vocab.items():
             reward_id = reward_vocab.get(token)

@@ -109,3 +109,40 @@ def build_tiny_suite(root: str | Path) -> dict[str, Path]:
     save(reward_other, other, "reward_other")
     marker.touch()
     return paths
+
+
+# Shapes of real models, for benchmarks with random weights (no download needed).
+SHAPES = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2),
+    "mid": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
+                num_key_value_heads=4),
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+}
+
+
+def random_model(shape: str, tokenizer, reward: bool = False, seed: int = 0, dtype=torch.float32):
+    """A randomly initialized Llama-architecture model of a named shape (see SHAPES).
+
+    The vocabulary is the shape's (padded beyond the tokenizer when larger), so compute
+    per token matches the real model; `reward` gives a one-output sequence classifier.
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; choose one of {sorted(SHAPES)}")
+    spec = {"vocab_size": len(tokenizer), "tie_word_embeddings": False, **SHAPES[shape]}
+    config = LlamaConfig(
+        **spec,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        **({"num_labels": 1} if reward else {}),
+    )
+    torch.manual_seed(seed)
+    cls = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
+    return cls.from_config(config, dtype=dtype)
