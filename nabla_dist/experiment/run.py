@@ -65,6 +65,7 @@ def build_local_runtime(cfg: ExperimentConfig) -> LocalRuntime:
             load_tokenizer(cfg.reward.tokenizer or cfg.reward.path),
             tokenizer,
             options(cfg.reward),
+            policy_vocab_size=policy.embeddings.shape[0],
         )
     return LocalRuntime(policy, reward, cfg.runtime.max_batch_size)
 
