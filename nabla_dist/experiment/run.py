@@ -18,9 +18,8 @@ from tqdm.auto import tqdm
 
 from nabla_dist.algorithm.baselines import best_of_n, greedy, self_consistency
 from nabla_dist.algorithm.nabla import NablaReasoner, ProgramOutput, Prompt
-from nabla_dist.engines.loading import load_causal_lm, load_reward_model, load_tokenizer
+from nabla_dist.engines.loading import build_reward_engine, load_causal_lm, load_tokenizer
 from nabla_dist.engines.policy import EngineOptions, PolicyEngine
-from nabla_dist.engines.reward import RewardEngine
 from nabla_dist.experiment.config import ConfigError, ExperimentConfig, to_yaml
 from nabla_dist.experiment.data import Problem, load_problems
 from nabla_dist.experiment.grading import extract_answer, is_equivalent
@@ -60,11 +59,9 @@ def build_local_runtime(cfg: ExperimentConfig) -> LocalRuntime:
     if needs_reward(cfg):
         if cfg.reward is None:
             raise ValueError(f"method.name={cfg.method.name} needs a reward model: set reward.path")
-        reward = RewardEngine(
-            load_reward_model(cfg.reward.path, cfg.reward.dtype),
-            load_tokenizer(cfg.reward.tokenizer or cfg.reward.path),
-            tokenizer,
-            options(cfg.reward),
+        r = cfg.reward
+        reward = build_reward_engine(
+            r.path, tokenizer, options(r), kind=r.kind, tokenizer=r.tokenizer, dtype=r.dtype, verdict=r.verdict,
             policy_vocab_size=policy.embeddings.shape[0],
         )
     return LocalRuntime(policy, reward, cfg.runtime.max_batch_size)

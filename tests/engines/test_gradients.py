@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nabla_dist.algorithm.requests import PolicyGrad, RewardGrad
+from nabla_dist.algorithm.requests import PolicyGrad, Reward, RewardGrad
 from nabla_dist.engines.reward import PLACEHOLDER
 from tests.conftest import make_policy, make_reward
 
@@ -149,3 +149,36 @@ def test_bf16_autocast_gradient_stays_close_to_fp32(tiny_paths, sequence):
     bf16 = engine_grad(make_policy(tiny_paths, autocast_bf16=True), None, ids, start, start, 1.0, 0.0)
     cosine = torch.nn.functional.cosine_similarity(fp32.grads.flatten(), bf16.grads.flatten(), dim=0)
     assert cosine > 0.99
+
+
+@pytest.mark.parametrize("prefix_cache", [0, 8], ids=["full", "prefix_kv"])
+def test_generative_verifier_gradient_matches_autograd(tiny_paths, sequence, prefix_cache):
+    from transformers import AutoModelForCausalLM
+
+    from nabla_dist.engines.policy import EngineOptions
+    from nabla_dist.engines.verifier import GenerativeVerifierEngine
+
+    policy = make_policy(tiny_paths, prefix_cache=prefix_cache)
+    judge = AutoModelForCausalLM.from_pretrained(tiny_paths["policy_tied"])
+    verifier = GenerativeVerifierEngine(judge, policy.tokenizer, policy.tokenizer, EngineOptions(prefix_cache=prefix_cache),
+                                        verdict="The")
+    prompt, response = sequence
+    ids, start = prompt + response, len(prompt) + 5
+    result = engine_grad(policy, verifier, ids, start, len(prompt), 0.0, 1.0)
+
+    y_all = torch.nn.functional.one_hot(torch.tensor(response), policy.embeddings.shape[0]).double()
+    y = y_all[5:].clone().requires_grad_(True)
+    prefix, postfix = (
+        verifier.tokenizer(s, add_special_tokens=False)["input_ids"]
+        for s in verifier.conversation(QUESTION).split(PLACEHOLDER)
+    )
+    model = judge.double()
+    table = model.get_input_embeddings().weight
+    inputs = torch.cat([table[torch.tensor(prefix)], torch.cat([y_all[:5], y]) @ table, table[torch.tensor(postfix)]])
+    logits = model(inputs_embeds=inputs[None]).logits[0, -1]
+    reward = torch.log_softmax(logits, -1)[verifier.verdict_id]
+    (expected,) = torch.autograd.grad(-reward, y)
+    judge.float()
+    assert relative_error(result.grads, expected.float()) <= 1e-5
+    (score,) = verifier.score([Reward(QUESTION, response)])
+    assert abs(score.reward - float(reward)) < 1e-4
