@@ -13,6 +13,7 @@ import sys
 
 from nabla_dist.experiment.config import ConfigError, load_config
 from nabla_dist.experiment.results import OutputBusy
+from nabla_dist.experiment.sweep import add_sweep_commands
 
 
 def _run(args) -> int:
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     rescore.add_argument("output_dir")
     rescore.add_argument("--n", type=int, nargs="+", help="the n's (default: 1, 2, 4, … below N, and N)")
     rescore.set_defaults(func=_rescore)
+    add_sweep_commands(sub)
     argv = sys.argv[1:] if argv is None else argv
     # `nabla-dist run data.limit=4`: a first positional with '=' is an override, not an experiment
     if len(argv) >= 2 and argv[0] == "run" and "=" in argv[1]:
