@@ -146,6 +146,15 @@ class RuntimeConfig:
     max_in_flight: int = 16  # problem programs running at once
     address: Optional[str] = None  # ray: None starts a local loopback cluster; "auto" joins
     num_cpus: Optional[int] = None
+    # ray replicas (runtime/ray_runtime.py checks them against the model and the cluster)
+    policy_replicas: int = 1
+    reward_replicas: int = 1
+    tp_size: int = 1  # ranks (GPUs) per policy replica, one torch.distributed group
+    reward_tp_size: int = 1
+    sharding: str = "none"  # none | autotp | zero3 (never DeepSpeed init_inference: wrong gradients)
+    gpus_per_actor: float = 0.0  # 1 on a GPU cluster
+    cpus_per_actor: float = 1.0
+    max_restarts: int = 3  # rebuilds of one replica before it is retired
 
     def __post_init__(self):
         _check(self.kind in RUNTIMES, "runtime.kind", self.kind, f"choose one of {RUNTIMES}")
