@@ -2,6 +2,9 @@
 
     nabla-dist run [EXPERIMENT] [key=value ...]     run (or resume) one experiment
     nabla-dist rescore OUTPUT_DIR [--n 1 2 4]      SC / BoN at smaller N, no new generation
+    nabla-dist sweep SWEEP [key=value ...]          a grid of runs (configs/sweep/), then its report
+    nabla-dist report DIR [DIR ...] [--out OUT]     tables and plots over run / sweep directories
+    nabla-dist demo [key=value ...]                 the embedded default (configs/sweep/demo.yaml)
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import sys
 
 from nabla_dist.experiment.config import ConfigError, load_config
 from nabla_dist.experiment.results import OutputBusy
+from nabla_dist.experiment.demo import add_demo_command
 from nabla_dist.experiment.sweep import add_sweep_commands
 
 
@@ -52,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     rescore.add_argument("--n", type=int, nargs="+", help="the n's (default: 1, 2, 4, … below N, and N)")
     rescore.set_defaults(func=_rescore)
     add_sweep_commands(sub)
+    add_demo_command(sub)
     argv = sys.argv[1:] if argv is None else argv
     # `nabla-dist run data.limit=4`: a first positional with '=' is an override, not an experiment
     if len(argv) >= 2 and argv[0] == "run" and "=" in argv[1]:
