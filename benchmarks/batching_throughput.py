@@ -4,6 +4,7 @@ One policy replica (one Ray actor) serves ∇-Reasoner for a random Llama of 8 l
 hidden 512 (the "mid" shape, tiny BPE tokenizer), built and saved by this script. The
 method keeps only the policy terms (lambda_reward=0, no rejection sampling), so a single
 replica does all the work and the two runs differ only in how many problems share it.
+`--method greedy` measures decoding alone (one rollout per problem).
 Prints problems/min for each, the speedup, and the share of wall time spent outside
 engine compute (coordinator and Ray transport): 1 − Σ rank-0 engine seconds / wall.
 Responses must be identical in both runs.
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--max-iters", type=int, default=5)
+    parser.add_argument("--method", default="nabla", choices=["nabla", "greedy"])
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="also the replica's torch threads")
     args = parser.parse_args()
 
@@ -70,7 +72,8 @@ def main() -> None:
         cfg = load_config(None, [
             f"output_dir={directory}/run", f"policy.path={directory}", "data.name=builtin",
             f"data.limit={args.problems}", f"method.max_new_tokens={args.max_new_tokens}",
-            f"method.max_iters={args.max_iters}", "method.lambda_reward=0", "method.rejection_sampling=false",
+            f"method.name={args.method}", f"method.max_iters={args.max_iters}", "method.lambda_reward=0",
+            "method.rejection_sampling=false",
             "method.grad_norm_threshold=null", f"runtime.max_batch_size={args.problems}", "runtime.kind=ray",
         ])
         for key, value in dict(policy_replicas=1, reward_replicas=0, tp_size=1,
@@ -88,7 +91,8 @@ def main() -> None:
 
     if one["responses"] != many["responses"]:
         raise SystemExit("responses differ between 1 and 16 in flight: batching changed results")
-    print(f"{len(problems)} problems, ∇-Reasoner (policy terms), random Llama 8 layers × hidden 512, "
+    method = "∇-Reasoner (policy terms)" if args.method == "nabla" else "greedy"
+    print(f"{len(problems)} problems, {method}, {args.max_new_tokens} new tokens, random Llama 8 layers × hidden 512, "
           f"one replica, {args.cpus_per_actor:g} CPU")
     print(f"{'in flight':>9} {'problems/min':>13} {'wall s':>8} {'engine calls':>13} {'requests':>9} "
           f"{'outside engine':>15}")

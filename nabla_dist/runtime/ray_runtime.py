@@ -141,25 +141,22 @@ class RayRuntime:
                                 keep_head=cfg.method.parametrization == "latents")
         runtime = cls(tokenizer, options, cfg.runtime.max_batch_size, session.started_here)
         try:
-            aligned = None
             if use_reward:
                 reward_spec = ModelSpec(cfg.reward.path, cfg.reward.tokenizer or cfg.reward.path, cfg.reward.dtype,
                                         cfg.reward.autocast_bf16, cfg.runtime.device, options.sharding,
-                                        policy_tokenizer=policy_spec.tokenizer)
+                                        policy_tokenizer=policy_spec.tokenizer,
+                                        policy_vocab_size=_model_config(cfg.policy.path).vocab_size)
                 runtime.reward = [Replica(f"reward-{i}", RewardWorker, options.reward_tp_size, options.cpus_per_actor,
                                           options.gpus_per_actor, spec=reward_spec)
                                   for i in range(options.reward_replicas)]
-            runtime.policy = [Replica(f"policy-{i}", PolicyWorker, options.tp_size, options.cpus_per_actor,
-                                      options.gpus_per_actor, spec=policy_spec)
-                              for i in range(options.policy_replicas)]
             starting = [(replica, replica.start()) for replica in runtime.reward]
-            if use_reward:
-                # The driver holds this ref, so a rebuilt policy replica gets the matrix even
-                # after reward replica 0 is gone. Boxed: policy ranks load while it is computed.
-                aligned = [runtime.reward[0].actors[0].aligned_embeddings.remote()]
-            for replica in runtime.policy:
-                replica.worker_kwargs["reward_embeddings"] = aligned
-                starting.append((replica, replica.start()))
+            # The driver holds this ref, so a rebuilt policy replica gets the matrix even after
+            # reward replica 0 is gone. Boxed in a list: policy ranks load while it is computed.
+            aligned = [runtime.reward[0].actors[0].aligned_embeddings.remote()] if use_reward else None
+            runtime.policy = [Replica(f"policy-{i}", PolicyWorker, options.tp_size, options.cpus_per_actor,
+                                      options.gpus_per_actor, spec=policy_spec, reward_embeddings=aligned)
+                              for i in range(options.policy_replicas)]
+            starting += [(replica, replica.start()) for replica in runtime.policy]
             for replica, refs in starting:
                 try:
                     ray.get(refs)

@@ -42,6 +42,7 @@ class ModelSpec:
     stop_strings: tuple[str, ...] = ()  # policy only
     keep_head: bool = False  # policy only: keep W_head whole for the `latents` parametrization
     policy_tokenizer: str | None = None  # reward only: the vocabulary to align to
+    policy_vocab_size: int | None = None  # reward only: rows of the policy's embedding matrix
 
     def options(self) -> EngineOptions:
         return EngineOptions(self.device, self.autocast_bf16)
@@ -166,7 +167,7 @@ class RewardWorker(_Rank):
         whole = _whole_embeddings(model, spec, rank_env.world_size)
         # The aligned embeddings are built here from the whole model, before sharding splits it.
         self.engine = RankRewardEngine(model, load_tokenizer(spec.tokenizer), load_tokenizer(spec.policy_tokenizer),
-                                       spec.options())
+                                       spec.options(), policy_vocab_size=spec.policy_vocab_size)
         self.engine.model = shard_model(self.engine.model, spec.sharding, rank_env.world_size)
         self.engine.whole_embeddings = whole
 

@@ -146,6 +146,21 @@ def test_killed_policy_rank_rebuilds_its_replica_and_loses_no_problem(runtime, u
     assert results(tmp_path) == undisturbed  # each problem once, as if nothing happened
 
 
+@pytest.mark.slow  # its own replicas: ~2 min on 2 cores
+def test_zero3_tied_policy_and_reward_equal_local_results(ray_session, tmp_path):
+    """ZeRO-3 partitions every weight, including the (tied) embedding table the engines index."""
+    overrides = ("data.limit=3", "policy.path=tiny:policy_tied")
+    Experiment(config(tmp_path / "local", *overrides)).run()
+    cfg = config(tmp_path / "ray", *overrides, **{**RAY, "sharding": "zero3", "reward_tp_size": 2,
+                                                  "cpus_per_actor": 0.1})
+    runtime = RayRuntime.from_config(cfg)
+    try:
+        Experiment(cfg, runtime=runtime).run()
+    finally:
+        runtime.shutdown()
+    assert results(tmp_path / "ray") == results(tmp_path / "local")
+
+
 @pytest.mark.parametrize(
     "runtime_fields, reward_tokenizer, message",
     [
