@@ -24,7 +24,13 @@ def _run(args) -> int:
     from nabla_dist.experiment.run import Experiment
 
     cfg = load_config(args.experiment, args.overrides)
-    summary = Experiment(cfg).run()
+    experiment = Experiment(cfg)
+    try:
+        summary = experiment.run()
+    finally:
+        shutdown = getattr(experiment.runtime, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
     print(json.dumps(summary, indent=2))
     print(f"results: {cfg.output_dir}/results.jsonl  summary: {cfg.output_dir}/summary.json")
     return 0
@@ -68,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, OutputBusy) as error:
         print(f"nabla-dist: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:  # e.g. NoReplicaLeft: results so far are in output_dir
+        print(f"nabla-dist: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
