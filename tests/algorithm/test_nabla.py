@@ -16,7 +16,7 @@ QUESTIONS = ["Compute 3 + 4.", "Compute ((17 + 25) * 3 - 48) / 6.", "What is 9 *
 # Random tiny models are confident nowhere, so every position is a candidate; the large lr
 # moves the argmax so that resampling, regeneration and rejection all happen.
 CONFIG = NablaConfig(
-    max_new_tokens=20, max_rollouts=4, grad_norm_threshold=1e-4, dto=DTOConfig(max_iters=6, lr=0.5)
+    max_new_tokens=12, max_rollouts=4, grad_norm_threshold=1e-4, dto=DTOConfig(max_iters=5, lr=0.5)
 )
 
 
