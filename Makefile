@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml .ci/constraints-cpu.txt
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/nabla-dist run
+	$(BIN)/nabla-dist demo
 
 run: demo
 

@@ -1,6 +1,6 @@
 """`nabla-dist demo`: the README's main job. ∇-Reasoner against greedy, self-consistency@8
-and Best-of-N@8 on held-out toy problems, with the project's own small model pair
-(configs/toy.yaml), on a local loopback Ray cluster; then a table and the report plots.
+and Best-of-N@8 on the same problems, on a local loopback Ray cluster; then a table and
+the report plots. The models and problems are configs/sweep/demo.yaml's base experiment.
 
 It is the sweep `configs/sweep/demo.yaml`, so an interrupted demo resumes where it stopped.
 """
@@ -31,7 +31,7 @@ def _cell(row: dict, column: str, fmt: str) -> str:
 
 
 def demo_table(rows: list[dict]) -> Table:
-    table = Table(title="∇-Reasoner vs baselines on held-out toy problems (95% bootstrap intervals)")
+    table = Table(title="∇-Reasoner vs baselines at a budget of 8 (accuracy with 95% bootstrap intervals)")
     table.add_column("method")
     for _, header, _ in COLUMNS:
         table.add_column(header, justify="right")
@@ -57,7 +57,7 @@ def _demo_command(args) -> int:
 
 
 def add_demo_command(subparsers) -> None:
-    demo = subparsers.add_parser("demo", help="the embedded default: ∇-Reasoner vs greedy, SC@8 and BoN@8 on "
-                                 "the shipped toy models, local Ray, CPU (configs/sweep/demo.yaml)")
+    demo = subparsers.add_parser("demo", help="the embedded default: ∇-Reasoner vs greedy, SC@8 and BoN@8, "
+                                 "local Ray, CPU (configs/sweep/demo.yaml)")
     demo.add_argument("overrides", nargs="*", help="e.g. data.limit=50 or sweep.output_dir=DIR")
     demo.set_defaults(func=_demo_command)
