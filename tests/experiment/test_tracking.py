@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,19 @@ def wandb_records(path: Path):
 
 
 def logged(run_dir: Path) -> dict:
-    """Summary keys, history rows and artifact names of one offline run directory."""
+    """Summary keys, history rows and artifact names of one offline run directory.
+
+    W&B's service process may still be writing the file when the run returns (seen on a
+    loaded machine): read again for up to 60 s until the summary record is there."""
+    deadline = time.monotonic() + 60
+    while True:
+        out = _read_logged(run_dir)
+        if out["summary"] or time.monotonic() > deadline:
+            return out
+        time.sleep(1)
+
+
+def _read_logged(run_dir: Path) -> dict:
     (log_file,) = run_dir.glob("*.wandb")
     out = {"summary": set(), "history": [], "artifacts": []}
     for record in wandb_records(log_file):
