@@ -5,6 +5,7 @@
     nabla-dist sweep SWEEP [key=value ...]          a grid of runs (configs/sweep/), then its report
     nabla-dist report DIR [DIR ...] [--out OUT]     tables and plots over run / sweep directories
     nabla-dist demo [key=value ...]                 the embedded default (configs/sweep/demo.yaml)
+    nabla-dist train-toy [--out DIR]                rebuild the shipped toy policy and reward model
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from nabla_dist.experiment.config import ConfigError, load_config
 from nabla_dist.experiment.results import OutputBusy
 from nabla_dist.experiment.demo import add_demo_command
 from nabla_dist.experiment.sweep import add_sweep_commands
+from nabla_dist.experiment.train_toy import add_train_toy_command
 
 
 def _run(args) -> int:
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     rescore.set_defaults(func=_rescore)
     add_sweep_commands(sub)
     add_demo_command(sub)
+    add_train_toy_command(sub)
     argv = sys.argv[1:] if argv is None else argv
     # `nabla-dist run data.limit=4`: a first positional with '=' is an override, not an experiment
     if len(argv) >= 2 and argv[0] == "run" and "=" in argv[1]:

