@@ -16,12 +16,12 @@ from nabla_dist.experiment.sweep import load_sweep, run_sweep
 
 COLUMNS = [  # (summary.csv column, header, format)
     ("avg@k", "accuracy", "{:.3f}"),
-    ("model_calls_mean", "calls (paper)", "{:.0f}"),
-    ("model_calls_honest_mean", "calls (honest)", "{:.0f}"),
-    ("wall_s_per_result", "wall s/problem", "{:.2f}"),
-    ("rejection_rate", "rejection", "{:.2f}"),
+    ("model_calls_mean", "calls paper", "{:.0f}"),
+    ("model_calls_honest_mean", "calls honest", "{:.0f}"),
+    ("wall_s_per_result", "s/problem", "{:.2f}"),
+    ("rejection_rate", "reject", "{:.2f}"),
     ("cache_skip_rate", "cache skip", "{:.2f}"),
-    ("selection_skip_rate", "selection skip", "{:.2f}"),
+    ("selection_skip_rate", "select skip", "{:.2f}"),
 ]
 
 
@@ -32,11 +32,12 @@ def _cell(row: dict, column: str, fmt: str) -> str:
 
 def demo_table(rows: list[dict]) -> Table:
     table = Table(title="∇-Reasoner vs baselines at a budget of 8 (accuracy with 95% bootstrap intervals)")
-    table.add_column("method")
-    for _, header, _ in COLUMNS:
+    table.add_column("method", no_wrap=True)
+    table.add_column("accuracy [95% CI]", justify="right", no_wrap=True)
+    for _, header, _ in COLUMNS[1:]:
         table.add_column(header, justify="right")
     for row in rows:
-        accuracy = f"{float(row['avg@k']):.3f} [{float(row['avg@k_ci_low']):.2f}, {float(row['avg@k_ci_high']):.2f}]"
+        accuracy = f"{float(row['avg@k']):.3f} [{float(row['avg@k_ci_low']):.2f},{float(row['avg@k_ci_high']):.2f}]"
         table.add_row(row["run"], accuracy, *(_cell(row, c, f) for c, _, f in COLUMNS[1:]))
     return table
 
@@ -45,6 +46,8 @@ def _demo_command(args) -> int:
     sweep = run_sweep(load_sweep("demo", args.overrides))
     report = sweep.output_dir / "report"
     console = Console()
+    if not console.is_terminal:  # a log file or pipe: no terminal width to respect
+        console = Console(width=150)
     failed = [p for p in sweep.points if p.status == "failed"]
     for point in failed:
         console.print(f"[red]{point.name} failed:[/red] {point.error}")
