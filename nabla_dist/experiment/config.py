@@ -144,6 +144,10 @@ class RuntimeConfig:
     device: str = "cpu"
     max_batch_size: int = 16
     max_in_flight: int = 16  # problem programs running at once
+    # Serve the request type with the most pending requests first (so ∇-Reasoner's rollouts
+    # gather into full batches); a type passed over this many times in a row goes next.
+    # null: every pending type each round. Speed only: answers never depend on batching.
+    batch_patience: Optional[int] = 16
     address: Optional[str] = None  # ray: None starts a local loopback cluster; "auto" joins
     num_cpus: Optional[int] = None
     # ray replicas (runtime/ray_runtime.py checks them against the model and the cluster)
@@ -160,6 +164,8 @@ class RuntimeConfig:
         _check(self.kind in RUNTIMES, "runtime.kind", self.kind, f"choose one of {RUNTIMES}")
         _check(self.max_batch_size >= 1, "runtime.max_batch_size", self.max_batch_size, "use ≥ 1")
         _check(self.max_in_flight >= 1, "runtime.max_in_flight", self.max_in_flight, "use ≥ 1")
+        _check(self.batch_patience is None or self.batch_patience >= 0, "runtime.batch_patience",
+               self.batch_patience, "use ≥ 0, or null to serve every pending type each round")
 
 
 @dataclass

@@ -64,7 +64,7 @@ def build_local_runtime(cfg: ExperimentConfig) -> LocalRuntime:
             r.path, tokenizer, options(r), kind=r.kind, tokenizer=r.tokenizer, dtype=r.dtype, verdict=r.verdict,
             policy_vocab_size=policy.embeddings.shape[0],
         )
-    return LocalRuntime(policy, reward, cfg.runtime.max_batch_size)
+    return LocalRuntime(policy, reward, cfg.runtime.max_batch_size, cfg.runtime.batch_patience)
 
 
 def build_runtime(cfg: ExperimentConfig):

@@ -10,7 +10,7 @@ from nabla_dist.algorithm.nabla import Program
 from nabla_dist.algorithm.requests import PolicyGrad, Reward, RewardGrad, Rollout
 from nabla_dist.engines.policy import PolicyEngine
 from nabla_dist.engines.reward import RewardEngine
-from nabla_dist.runtime.scheduler import Scheduler, Ticket
+from nabla_dist.runtime.scheduler import KindChooser, Scheduler, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,12 @@ def batches(tickets: list[Ticket], max_batch_size: int) -> list[list[Ticket]]:
 
 
 class LocalRuntime:
-    def __init__(self, policy: PolicyEngine, reward: RewardEngine | None, max_batch_size: int = 16):
+    def __init__(self, policy: PolicyEngine, reward: RewardEngine | None, max_batch_size: int = 16,
+                 patience: int | None = 16):
+        """`patience`: see scheduler.KindChooser; None serves every pending type each round."""
         self.policy, self.reward = policy, reward
         self.max_batch_size = max_batch_size
+        self.patience = patience
         self.engine_calls: dict[str, int] = defaultdict(int)
         if reward is not None:
             policy.set_reward_embeddings(reward.aligned)
@@ -84,6 +87,7 @@ class LocalRuntime:
         """
         queue = iter(programs.items() if isinstance(programs, dict) else programs)
         scheduler = Scheduler(on_finish)
+        chooser = KindChooser(self.patience) if self.patience is not None else None
         exhausted = False
         while not exhausted or len(scheduler):
             while not exhausted and (max_in_flight is None or len(scheduler) < max_in_flight):
@@ -95,6 +99,9 @@ class LocalRuntime:
             tickets = scheduler.pending()
             if not tickets:
                 continue
+            if chooser is not None:  # one request type per round, the largest first
+                kind = chooser.choose(tickets)
+                tickets = [t for t in tickets if type(t.request) is kind]
             for batch in batches(tickets, self.max_batch_size):
                 scheduler.issue(batch)
                 self._serve_batch(scheduler, batch)

@@ -32,7 +32,7 @@ from nabla_dist.engines.reward import RewardEngine
 from nabla_dist.engines.sharding import SHARDINGS
 from nabla_dist.runtime.cluster import start_ray
 from nabla_dist.runtime.local import batches
-from nabla_dist.runtime.scheduler import Scheduler, Ticket
+from nabla_dist.runtime.scheduler import KindChooser, Scheduler, Ticket
 from nabla_dist.runtime.workers import ModelSpec, PolicyWorker, Replica, RewardWorker
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class RayOptions:
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
     max_restarts: int = 3  # rebuilds of one replica before it is retired
+    batch_patience: int | None = 16  # scheduler.KindChooser; None: the oldest request's type first
 
     @classmethod
     def from_runtime(cls, runtime) -> "RayOptions":
@@ -109,6 +110,9 @@ class RayRuntime:
         self._started_ray = started_ray
         self._flights: dict[ray.ObjectRef, _Flight] = {}
         self._solo: set[tuple[Hashable, int]] = set()  # tickets of a failed batch, served alone
+        patience = options.batch_patience
+        self._choosers = {name: KindChooser(patience) if patience is not None else None
+                          for name in ("policy", "reward")}
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -239,14 +243,18 @@ class RayRuntime:
             for replica in self._live(replicas):
                 if replica.busy or not tickets:
                     continue
-                batch = self._next_batch(tickets)
+                batch = self._next_batch(tickets, self._choosers[name])
                 served = {(t.key, t.index) for t in batch}
                 tickets = [t for t in tickets if (t.key, t.index) not in served]
                 scheduler.issue(batch)
                 requests = ray.put([t.request for t in batch])
                 self._fly(_Flight(replica, replica.call("serve", type(batch[0].request).__name__, requests), batch))
 
-    def _next_batch(self, tickets: list[Ticket]) -> list[Ticket]:
+    def _next_batch(self, tickets: list[Ticket], chooser: KindChooser | None) -> list[Ticket]:
+        """The batch holding the oldest pending ticket of the type `chooser` picks."""
+        if chooser is not None:
+            kind = chooser.choose(tickets)
+            tickets = [t for t in tickets if type(t.request) is kind]
         oldest = tickets[0]
         if (oldest.key, oldest.index) in self._solo:
             return [oldest]

@@ -7,6 +7,7 @@ requests grouped by type, serves them however it likes, and delivers the answers
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
@@ -92,3 +93,31 @@ class Scheduler:
             return
         as_list = isinstance(yielded, list)
         self._running[key] = _Running(program, yielded if as_list else [yielded], as_list)
+
+
+class KindChooser:
+    """Which type of request to serve next: the type with the most pending requests.
+
+    Serving every type as soon as it is pending gives ∇-Reasoner's rollouts batches of
+    two or three (most programs are in their inner loop at any moment), and a rollout
+    batch costs one decode step per token whatever its size. Serving the largest group
+    first lets the others gather. A type passed over `patience` times in a row is served
+    next regardless, so none waits long. Answers do not depend on batching (each request
+    carries its own seed), so this changes speed only.
+    """
+
+    def __init__(self, patience: int = 4):
+        if patience < 0:
+            raise ValueError(f"patience={patience} must be >= 0")
+        self.patience = patience
+        self._passed: Counter = Counter()
+
+    def choose(self, tickets: list[Ticket]) -> type:
+        """The request type to serve from `tickets` (oldest first; ties go to the oldest)."""
+        counts = Counter(type(t.request) for t in tickets)  # insertion order: oldest first
+        if not counts:
+            raise ValueError("no pending tickets to choose from")
+        overdue = [kind for kind in counts if self._passed[kind] >= self.patience]
+        kind = overdue[0] if overdue else max(counts, key=counts.__getitem__)
+        self._passed = Counter({k: self._passed[k] + 1 for k in counts if k is not kind})
+        return kind

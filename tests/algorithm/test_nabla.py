@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import pytest
 
@@ -38,9 +39,9 @@ def engines(tiny_paths):
     return policy, make_reward(tiny_paths, policy.tokenizer)
 
 
-def run_programs(engines, cfg=CONFIG, seeds=(0, 1, 2), head=False, max_batch_size=16):
+def run_programs(engines, cfg=CONFIG, seeds=(0, 1, 2), head=False, max_batch_size=16, patience=16):
     policy, reward = engines
-    runtime = RecordingRuntime(policy, reward, max_batch_size=max_batch_size)
+    runtime = RecordingRuntime(policy, reward, max_batch_size=max_batch_size, patience=patience)
     matrix = policy.head_matrix() if head else None
     outputs = {}
     programs = {
@@ -111,6 +112,17 @@ def test_batching_does_not_change_results(engines):
         assert batched[key].response_ids == single[key].response_ids
         assert batched[key].count.totals() == single[key].count.totals()
     assert sum(runtime_batched.engine_calls.values()) < sum(runtime_single.engine_calls.values())
+
+
+def test_serving_the_largest_request_group_first_changes_batches_not_results(engines):
+    largest_first, runtime_largest = run_programs(engines)
+    every_type, runtime_every = run_programs(engines, patience=None)
+    for key in largest_first:
+        assert largest_first[key].response_ids == every_type[key].response_ids
+        assert largest_first[key].count.totals() == every_type[key].count.totals()
+    served = lambda runtime: Counter(type(r).__name__ for r in runtime.served)  # noqa: E731
+    assert served(runtime_largest) == served(runtime_every)
+    assert runtime_largest.engine_calls["Rollout"] < runtime_every.engine_calls["Rollout"]
 
 
 @pytest.mark.parametrize("switch", ["grad_caching", "reuse_selector_grad"])
