@@ -115,10 +115,15 @@ class ModelConfig:
     tokenizer: Optional[str] = None  # default: the model's own directory
     dtype: str = "float32"
     autocast_bf16: bool = False
+    # Gradient passes: keys/values of the fixed prefix (prompt + committed tokens) computed
+    # once and kept for this many prefixes (least recently used dropped); 0 recomputes the
+    # whole sequence every pass (the naive path, for ablations). Exact either way.
+    prefix_cache: int = 64
 
     def __post_init__(self):
         _check(self.dtype in ("float32", "bfloat16", "float16"), "dtype", self.dtype,
                "use float32, bfloat16 or float16")
+        _check(self.prefix_cache >= 0, "prefix_cache", self.prefix_cache, "use ≥ 0 (0 turns the prefix KV off)")
 
 
 REWARD_KINDS = ("classifier", "verifier")

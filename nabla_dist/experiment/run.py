@@ -51,7 +51,9 @@ def needs_reward(cfg: ExperimentConfig) -> bool:
 
 
 def build_local_runtime(cfg: ExperimentConfig) -> LocalRuntime:
-    options = lambda model_cfg: EngineOptions(cfg.runtime.device, model_cfg.autocast_bf16)  # noqa: E731
+    options = lambda model_cfg: EngineOptions(  # noqa: E731
+        cfg.runtime.device, model_cfg.autocast_bf16, prefix_cache=model_cfg.prefix_cache
+    )
     tokenizer = load_tokenizer(cfg.policy.tokenizer or cfg.policy.path)
     policy = PolicyEngine(load_causal_lm(cfg.policy.path, cfg.policy.dtype), tokenizer, options(cfg.policy),
                           stop_strings=cfg.method.stop)

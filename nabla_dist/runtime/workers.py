@@ -43,9 +43,10 @@ class ModelSpec:
     keep_head: bool = False  # policy only: keep W_head whole for the `latents` parametrization
     policy_tokenizer: str | None = None  # reward only: the vocabulary to align to
     policy_vocab_size: int | None = None  # reward only: rows of the policy's embedding matrix
+    prefix_cache: int = 64  # EngineOptions.prefix_cache (0: full recompute)
 
     def options(self) -> EngineOptions:
-        return EngineOptions(self.device, self.autocast_bf16)
+        return EngineOptions(self.device, self.autocast_bf16, prefix_cache=self.prefix_cache)
 
 
 class _WholeEmbeddings:
