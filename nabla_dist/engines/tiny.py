@@ -44,9 +44,10 @@ def _corpus(seed: int, n: int = 3000) -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
+def bpe_chat_tokenizer(corpus, vocab_size: int, pre_tokenizer) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `corpus` (strings), with our special tokens and ChatML."""
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.pre_tokenizer = pre_tokenizer
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -54,13 +55,17 @@ def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_corpus(seed), trainer=trainer)
+    bpe.train_from_iterator(corpus, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         chat_template=CHATML,
     )
+
+
+def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
+    return bpe_chat_tokenizer(_corpus(seed), vocab_size, pre_tokenizers.ByteLevel(add_prefix_space=False))
 
 
 def _llama_config(tokenizer, tied: bool = False, **extra) -> LlamaConfig:

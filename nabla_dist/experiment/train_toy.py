@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, pre_tokenizers
 from tqdm.auto import tqdm
 from transformers import (
     AutoModelForCausalLM,
@@ -46,7 +46,7 @@ from nabla_dist.algorithm.requests import Rollout, SamplingParams
 from nabla_dist.engines.policy import EngineOptions, PolicyEngine, positions_from_mask
 from nabla_dist.engines.loading import TOY_DIR, TOY_MODELS
 from nabla_dist.engines.reward import PLACEHOLDER
-from nabla_dist.engines.tiny import CHATML, SPECIAL
+from nabla_dist.engines.tiny import bpe_chat_tokenizer
 from nabla_dist.experiment.grading import grade
 from nabla_dist.experiment.toy_task import ToyProblem, generate
 
@@ -105,26 +105,15 @@ def chat_text(question: str, solution: str | None = None) -> str:
 
 
 def build_tokenizer(problems: list[ToyProblem], vocab_size: int) -> PreTrainedTokenizerFast:
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+    pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(PRETOKENIZE), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     corpus = [chat_text(p.question, p.solution).replace("<|im_start|>", "").replace("<|im_end|>", "")
               for p in problems] + ["system\n"]
-    bpe.train_from_iterator(corpus, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHATML
-    )
+    tokenizer = bpe_chat_tokenizer(corpus, vocab_size, pre_tokenizer)
     sample = problems[0]
     if tokenizer.apply_chat_template([{"role": "user", "content": sample.question}], add_generation_prompt=True,
                                      tokenize=False) != chat_text(sample.question):

@@ -17,7 +17,7 @@ from nabla_dist.engines.reward import RewardEngine
 from nabla_dist.algorithm.requests import Reward
 from nabla_dist.experiment.grading import grade
 from nabla_dist.experiment.toy_task import generate
-from nabla_dist.experiment.train_toy import ToyTrainConfig, auc, reward_input_ids, train_toy
+from nabla_dist.experiment.train_toy import ToyTrainConfig, auc, build_tokenizer, reward_input_ids, train_toy
 from nabla_dist.runtime.local import LocalRuntime
 
 TINY = ToyTrainConfig(
@@ -72,6 +72,16 @@ def test_unknown_toy_model_names_the_choices():
 def test_toy_paths_name_the_shipped_directories():
     assert resolve_path("toy:policy") == str(TOY_DIR / "policy")
     assert resolve_path("toy:reward") == str(TOY_DIR / "reward")
+
+
+def test_the_recipe_rebuilds_the_shipped_tokenizer_exactly():
+    cfg = ToyTrainConfig()
+    rebuilt = build_tokenizer(generate(5000, seed=cfg.seed, split="train"), cfg.vocab_size)  # as train_toy does
+    shipped = load_tokenizer("toy:policy")
+    assert rebuilt.get_vocab() == shipped.get_vocab()
+    text = generate(1, seed=3, split="test")[0].solution
+    assert rebuilt(text)["input_ids"] == shipped(text)["input_ids"]
+    assert all(len(shipped.decode([i]).strip()) == 1 for i in shipped(" 1840")["input_ids"])  # one token per digit
 
 
 def test_shipped_policy_is_right_on_about_half_of_held_out_problems():
