@@ -6,6 +6,11 @@ and 16 problems in flight batched together. Responses must be identical; the scr
 prints problems/min, gradient passes/s and the speedups.
 
     python benchmarks/dto_throughput.py --shape smollm2-135m --problems 16
+    python benchmarks/dto_throughput.py --shape toy --problems 64   # the shipped trained pair
+
+Random weights are unsure everywhere, so selection picks the first positions and the fixed
+prefix is little more than the prompt; `--shape toy` runs the trained toy pair with
+configs/toy.yaml's method (and its held-out problems), where positions are picked mid-answer.
 """
 
 from __future__ import annotations
@@ -19,16 +24,23 @@ import torch
 
 from nabla_dist.algorithm.dto import DTOConfig
 from nabla_dist.algorithm.nabla import NablaConfig, NablaReasoner
+from nabla_dist.engines.loading import load_causal_lm, load_reward_model, load_tokenizer
 from nabla_dist.engines.policy import EngineOptions, PolicyEngine
 from nabla_dist.engines.reward import RewardEngine
 from nabla_dist.engines.tiny import build_tokenizer, random_model
+from nabla_dist.experiment.config import load_config
 from nabla_dist.experiment.data import DataConfig, load_problems
 from nabla_dist.runtime.local import LocalRuntime
 
 
 def build(shape: str, accelerated: bool, batch: int):
-    tokenizer = build_tokenizer(vocab_size=400, seed=0)
     options = EngineOptions(prefix_cache=64 if accelerated else 0)
+    if shape == "toy":
+        tokenizer = load_tokenizer("toy:policy")
+        policy = PolicyEngine(load_causal_lm("toy:policy"), tokenizer, options)
+        reward = RewardEngine(load_reward_model("toy:reward"), tokenizer, tokenizer, options)
+        return LocalRuntime(policy, reward, max_batch_size=batch)
+    tokenizer = build_tokenizer(vocab_size=400, seed=0)
     policy = PolicyEngine(random_model(shape, tokenizer, seed=0), tokenizer, options)
     reward = RewardEngine(
         random_model("tiny" if shape == "tiny" else "mid", tokenizer, reward=True, seed=1),
@@ -53,7 +65,7 @@ def run(runtime: LocalRuntime, questions, cfg: NablaConfig, in_flight: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="mid", help="tiny | mid | smollm2-135m")
+    parser.add_argument("--shape", default="mid", help="tiny | mid | smollm2-135m | toy (the trained pair)")
     parser.add_argument("--problems", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--max-iters", type=int, default=5)
@@ -62,12 +74,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    questions = [p.question for p in load_problems(DataConfig(name="toy", size=args.problems, seed=7))]
-    # every position is uncertain under random weights; the probe's norm test always passes
-    cfg = NablaConfig(
-        max_new_tokens=args.max_new_tokens, max_rollouts=8, grad_norm_threshold=1e-9,
-        dto=DTOConfig(max_iters=args.max_iters, lr=0.05),
-    )
+    if args.shape == "toy":  # the shipped pair, its method settings and held-out problems
+        cfg = load_config("toy", []).method.nabla()
+        questions = [p.question for p in load_problems(DataConfig(name="toy", size=args.problems, seed=0))]
+    else:
+        questions = [p.question for p in load_problems(DataConfig(name="toy", size=args.problems, seed=7))]
+        # every position is uncertain under random weights; the probe's norm test always passes
+        cfg = NablaConfig(
+            max_new_tokens=args.max_new_tokens, max_rollouts=8, grad_norm_threshold=1e-9,
+            dto=DTOConfig(max_iters=args.max_iters, lr=0.05),
+        )
     figures = {"shape": args.shape, "problems": args.problems, "threads": torch.get_num_threads()}
 
     naive_runtime = build(args.shape, accelerated=False, batch=1)
