@@ -18,6 +18,7 @@ from nabla_dist.algorithm.baselines import SampleConfig
 from nabla_dist.algorithm.dto import DTOConfig
 from nabla_dist.algorithm.nabla import NablaConfig
 from nabla_dist.algorithm.requests import SamplingParams
+from nabla_dist.runtime.scheduler import DEFAULT_PATIENCE
 from nabla_dist.experiment.data import DataConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -152,7 +153,7 @@ class RuntimeConfig:
     # Serve the request type with the most pending requests first (so ∇-Reasoner's rollouts
     # gather into full batches); a type passed over this many times in a row goes next.
     # null: every pending type each round. Speed only: answers never depend on batching.
-    batch_patience: Optional[int] = 16
+    batch_patience: Optional[int] = DEFAULT_PATIENCE
     address: Optional[str] = None  # ray: None starts a local loopback cluster; "auto" joins
     num_cpus: Optional[int] = None
     # ray replicas (runtime/ray_runtime.py checks them against the model and the cluster)

@@ -162,6 +162,28 @@ def warmup_cosine(optimizer, warmup: int, total: int, floor: float = 0.1):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def fit(model, batch_losses, steps: int, lr: float, warmup: int, desc: str) -> list[float]:
+    """AdamW with warmup + cosine and gradient clipping over `steps` batches, whose losses
+    `batch_losses` yields one at a time (each computed when asked for); returns the losses."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    schedule = warmup_cosine(optimizer, warmup, steps)
+    model.train()
+    losses = []
+    progress = tqdm(zip(range(steps), batch_losses), total=steps, desc=desc, unit="step", disable=None)
+    for step, loss in progress:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        losses.append(loss.item())
+        progress.set_postfix(loss=f"{losses[-1]:.3f}")
+        if (step + 1) % max(1, steps // 10) == 0:
+            log.info("%s step %d/%d loss %.3f", desc, step + 1, steps, sum(losses[-50:]) / len(losses[-50:]))
+    model.eval()
+    return losses
+
+
 def train_policy(model, tokenizer, problems: list[ToyProblem], cfg: ToyTrainConfig) -> list[float]:
     """SFT on reference solutions; returns the loss of every step."""
     prompts = tokenizer([chat_text(p.question) for p in problems], add_special_tokens=False)["input_ids"]
@@ -170,36 +192,23 @@ def train_policy(model, tokenizer, problems: list[ToyProblem], cfg: ToyTrainConf
                 for prompt, response in zip(prompts, responses)]
     rng = random.Random(cfg.seed)
     lengths = [len(ids) for ids, _ in examples]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, betas=(0.9, 0.95), weight_decay=0.1)
-    schedule = warmup_cosine(optimizer, cfg.warmup_steps, cfg.sft_steps)
-    model.train()
-    losses, batches = [], []
-    progress = tqdm(range(cfg.sft_steps), desc="policy SFT", unit="step", disable=None)
-    for step in progress:
-        if not batches:
-            batches = length_grouped_batches(lengths, cfg.sft_batch_size, rng)
-        batch = [examples[i] for i in batches.pop()]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)  # [B, T] right padded
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for b, (row, n_prompt) in enumerate(batch):
-            ids[b, : len(row)] = torch.tensor(row)
-            labels[b, n_prompt : len(row)] = torch.tensor(row[n_prompt:])
-            mask[b, : len(row)] = 1
-        ids, mask, labels = ids.to(model.device), mask.to(model.device), labels.to(model.device)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
-        losses.append(loss.item())
-        progress.set_postfix(loss=f"{losses[-1]:.3f}")
-        if (step + 1) % max(1, cfg.sft_steps // 10) == 0:
-            log.info("policy SFT step %d/%d loss %.3f", step + 1, cfg.sft_steps, sum(losses[-50:]) / len(losses[-50:]))
-    model.eval()
-    return losses
+
+    def batch_losses():
+        while True:  # shuffled passes over the examples, as many as the steps need
+            for indices in reversed(length_grouped_batches(lengths, cfg.sft_batch_size, rng)):
+                batch = [examples[i] for i in indices]
+                width = max(len(ids) for ids, _ in batch)
+                ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)  # [B, T] right padded
+                labels = torch.full((len(batch), width), -100, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for b, (row, n_prompt) in enumerate(batch):
+                    ids[b, : len(row)] = torch.tensor(row)
+                    labels[b, n_prompt : len(row)] = torch.tensor(row[n_prompt:])
+                    mask[b, : len(row)] = 1
+                ids, mask, labels = ids.to(model.device), mask.to(model.device), labels.to(model.device)
+                yield model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    return fit(model, batch_losses(), cfg.sft_steps, cfg.sft_lr, cfg.warmup_steps, "policy SFT")
 
 
 # -- 3. the policy's own samples, graded ------------------------------------------------
@@ -268,23 +277,14 @@ def train_reward(model, tokenizer, samples: list[Sample], cfg: ToyTrainConfig) -
     rng = random.Random(cfg.seed + 1)
     batches = [b for _ in range(cfg.reward_epochs)
                for b in length_grouped_batches([len(r) for r in rows], cfg.reward_batch_size, rng)]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.reward_lr, betas=(0.9, 0.95), weight_decay=0.1)
-    schedule = warmup_cosine(optimizer, min(cfg.warmup_steps, len(batches) // 10 + 1), len(batches))
-    model.train()
-    losses = []
-    progress = tqdm(batches, desc="reward model", unit="step", disable=None)
-    for batch in progress:
-        scores = reward_scores(model, [rows[i] for i in batch], tokenizer.pad_token_id)
-        loss = F.binary_cross_entropy_with_logits(scores, labels[batch].to(scores.device))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
-        losses.append(loss.item())
-        progress.set_postfix(loss=f"{losses[-1]:.3f}")
-    model.eval()
-    return losses
+
+    def batch_losses():
+        for batch in batches:
+            scores = reward_scores(model, [rows[i] for i in batch], tokenizer.pad_token_id)
+            yield F.binary_cross_entropy_with_logits(scores, labels[batch].to(scores.device))
+
+    warmup = min(cfg.warmup_steps, len(batches) // 10 + 1)
+    return fit(model, batch_losses(), len(batches), cfg.reward_lr, warmup, "reward model")
 
 
 @torch.no_grad()

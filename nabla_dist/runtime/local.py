@@ -10,7 +10,7 @@ from nabla_dist.algorithm.nabla import Program
 from nabla_dist.algorithm.requests import PolicyGrad, Reward, RewardGrad, Rollout
 from nabla_dist.engines.policy import PolicyEngine
 from nabla_dist.engines.reward import RewardEngine
-from nabla_dist.runtime.scheduler import KindChooser, Scheduler, Ticket
+from nabla_dist.runtime.scheduler import DEFAULT_PATIENCE, KindChooser, Scheduler, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def batches(tickets: list[Ticket], max_batch_size: int) -> list[list[Ticket]]:
 
 class LocalRuntime:
     def __init__(self, policy: PolicyEngine, reward: RewardEngine | None, max_batch_size: int = 16,
-                 patience: int | None = 16):
+                 patience: int | None = DEFAULT_PATIENCE):
         """`patience`: see scheduler.KindChooser; None serves every pending type each round."""
         self.policy, self.reward = policy, reward
         self.max_batch_size = max_batch_size

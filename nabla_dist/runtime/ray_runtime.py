@@ -32,7 +32,7 @@ from nabla_dist.engines.reward import RewardEngine
 from nabla_dist.engines.sharding import SHARDINGS
 from nabla_dist.runtime.cluster import start_ray
 from nabla_dist.runtime.local import batches
-from nabla_dist.runtime.scheduler import KindChooser, Scheduler, Ticket
+from nabla_dist.runtime.scheduler import DEFAULT_PATIENCE, KindChooser, Scheduler, Ticket
 from nabla_dist.runtime.workers import ModelSpec, PolicyWorker, Replica, RewardWorker
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class RayOptions:
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
     max_restarts: int = 3  # rebuilds of one replica before it is retired
-    batch_patience: int | None = 16  # scheduler.KindChooser; None: the oldest request's type first
+    batch_patience: int | None = DEFAULT_PATIENCE  # scheduler.KindChooser; None: the oldest request's type first
 
     @classmethod
     def from_runtime(cls, runtime) -> "RayOptions":

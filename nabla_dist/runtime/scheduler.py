@@ -95,6 +95,9 @@ class Scheduler:
         self._running[key] = _Running(program, yielded if as_list else [yielded], as_list)
 
 
+DEFAULT_PATIENCE = 16  # measured on the toy pair: 4 and 16 both batch rollouts ~3x fuller than serving every type
+
+
 class KindChooser:
     """Which type of request to serve next: the type with the most pending requests.
 
@@ -106,7 +109,7 @@ class KindChooser:
     carries its own seed), so this changes speed only.
     """
 
-    def __init__(self, patience: int = 4):
+    def __init__(self, patience: int = DEFAULT_PATIENCE):
         if patience < 0:
             raise ValueError(f"patience={patience} must be >= 0")
         self.patience = patience
