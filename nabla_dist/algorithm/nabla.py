@@ -143,7 +143,6 @@ class NablaReasoner:
             lambda_reward=cfg.lambda_reward,
             reward_embedding_grad=reward.embedding_grad if reward else None,
             norm_threshold=norm_threshold,
-            want_norms=norm_threshold is not None,
         )
         self.count.gradient(policy, reward, kind)
         return policy

@@ -88,9 +88,10 @@ class PolicyGrad:
 
     L = −(λ_nll · Σ_i ⟨log π(·|P, C, y_<i), y_i⟩ + λ_R · R). The reward's embedding
     gradient (from a `RewardGrad`) is projected here, where the aligned reward embedding
-    matrix lives. With `norm_threshold` set, every ahead position's ‖∂L/∂y_i‖₂ is computed
-    and the gradient is returned only at the first of `positions` whose norm reaches it;
-    otherwise it is returned at every one of `positions`.
+    matrix lives. With `norm_threshold` set, the gradient is returned only at the first of
+    `positions` whose norm ‖∂L/∂y_i‖₂ reaches it (norms are computed in order until one
+    does); otherwise at every one of `positions`. `want_norms` asks for every ahead
+    position's norm as well (diagnostics and tests: it projects the whole ahead).
     """
 
     ids: list[int]  # prompt ‖ committed ‖ ahead

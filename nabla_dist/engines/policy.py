@@ -222,13 +222,16 @@ class PolicyEngine:
                 return out
 
             norms = None
-            if r.want_norms or r.norm_threshold is not None:
+            if r.want_norms:
                 chunk = self.options.norm_chunk
                 norms = torch.cat([vocab_grad(slice(s, s + chunk)).norm(dim=-1) for s in range(0, m, chunk)])
-            positions = list(r.positions)
+            positions, grads = list(r.positions), None
             if r.norm_threshold is not None:
-                positions = [p for p in positions if norms[p] >= r.norm_threshold][:1]
-            grads = vocab_grad(positions) if positions else torch.zeros(0, embeddings.shape[0])
+                positions, grads = self._first_reaching(vocab_grad, positions, r.norm_threshold)
+            elif positions:
+                grads = vocab_grad(positions)
+            if grads is None:
+                grads = torch.zeros(0, embeddings.shape[0])
             results.append(
                 PolicyGradResult(
                     positions=positions,
@@ -241,6 +244,21 @@ class PolicyEngine:
             offset += m
         return results
 
+    def _first_reaching(self, vocab_grad, positions: list[int], threshold: float):
+        """The first of `positions` whose ‖∂L/∂y‖ reaches `threshold`, and its gradient [1, V].
+
+        Projects `norm_chunk` candidates at a time and stops at the first chunk that holds
+        one: the probe usually needs one chunk, not the whole ahead × vocabulary product.
+        The winner's gradient is projected alone, as for a request without a threshold.
+        """
+        chunk = self.options.norm_chunk
+        for start in range(0, len(positions), chunk):
+            window = positions[start : start + chunk]
+            reaching = (vocab_grad(window).norm(dim=-1) >= threshold).nonzero().flatten().tolist()
+            if reaching:
+                first = [window[reaching[0]]]
+                return first, vocab_grad(first)
+        return [], None
 
     def _ahead_pass(self, requests: list[PolicyGrad]):
         """Forward+backward over whole sequences (right padding).

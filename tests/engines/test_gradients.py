@@ -126,13 +126,16 @@ def test_reward_of_other_tokenizer_is_aligned_by_string_with_a_warning(tiny_path
     assert missing and torch.equal(reward.aligned[missing[0]], reward.embeddings[reward.tokenizer.pad_token_id])
 
 
-def test_norm_threshold_returns_first_candidate_reaching_it(tiny_paths, sequence):
-    policy = make_policy(tiny_paths)
+@pytest.mark.parametrize("norm_chunk", [1, 3, 64])
+def test_norm_threshold_returns_first_candidate_reaching_it(tiny_paths, sequence, norm_chunk):
+    policy = make_policy(tiny_paths, norm_chunk=norm_chunk)
     prompt, response = sequence
     ids, start = prompt + response, len(prompt)
     full = engine_grad(policy, None, ids, start, start, 1.0, 0.0, want_norms=True)
-    candidates = [1, 3, 5, 7]
-    threshold = float(full.norms[candidates].median())
+    # candidates in rising norm, threshold between the last two: only the last reaches
+    # it, so chunks of 1 and 3 make the search go past its first chunk
+    candidates = sorted([1, 3, 5, 7], key=lambda p: float(full.norms[p]))
+    threshold = float(full.norms[candidates[-2:]].mean())
     request = PolicyGrad(ids, start, candidates, 1.0, 0.0, norm_threshold=threshold)
     (picked,) = policy.grad([request])
     first = next(p for p in candidates if full.norms[p] >= threshold)
