@@ -1,7 +1,8 @@
 """The policy engine: one causal LM, parameters frozen, serving `Rollout` and `PolicyGrad`.
 
 Rollouts are batched (left padding, explicit position ids, KV cache) and sample each row
-with its own generator. Gradients are one batched forward+backward to the input
+with its own generator; a prompt that extends a prefix held by the gradient passes' prefix
+cache by one token prefills only that token. Gradients are one batched forward+backward to the input
 embeddings (right padding); the embedding gradient is projected into vocabulary space
 here, together with the reward model's, using the aligned reward embedding matrix.
 """
@@ -16,7 +17,7 @@ import torch
 from nabla_dist.algorithm.nabla import Prompt
 from nabla_dist.algorithm.requests import PolicyGrad, PolicyGradResult, Rollout, RolloutResult
 from nabla_dist.algorithm.sampling import make_generator, sample_token
-from nabla_dist.engines.prefix_cache import PrefixCache, forward_after_prefixes
+from nabla_dist.engines.prefix_cache import PrefixCache, forward_after_prefixes, stack_prefixes
 
 
 @dataclass(frozen=True)
@@ -116,25 +117,46 @@ class PolicyEngine:
                 results[i] = result
         return results
 
+    def _prefill(self, requests: list[Rollout]):
+        """Run the rollouts' prompts (left padding): last hidden [B, H], cache, mask, positions.
+
+        With the prefix cache on, a prompt that extends a cached prefix by one token runs
+        only that token on the cached keys/values: ∇-Reasoner regenerates from P ‖ C ‖ t
+        right after its gradient passes on the prefix P ‖ C.
+        """
+        cached = [None] * len(requests)
+        if self.prefix_cache is not None:
+            cached = [self.prefix_cache.peek(tuple(r.prompt_ids[:-1])) for r in requests]
+        suffixes = [r.prompt_ids[0 if p is None else p.length :] for r, p in zip(requests, cached)]
+        width = max(len(s) for s in suffixes)
+        ids = torch.full((len(requests), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for b, suffix in enumerate(suffixes):
+            ids[b, width - len(suffix) :] = torch.tensor(suffix)
+            mask[b, width - len(suffix) :] = 1
+        ids, mask, cache = ids.to(self.device), mask.to(self.device), None
+        if any(p is not None for p in cached):
+            cache, prefix_mask = stack_prefixes(cached, self.model.base_model.config)
+            mask = torch.cat([prefix_mask, mask], dim=1)  # [B, cached + width]
+        positions = positions_from_mask(mask)[:, -width:]
+        with self._autocast():
+            hidden, cache = self._hidden(
+                input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+            )
+        return hidden[:, -1], cache, mask, positions
+
     def _rollout_batch(self, requests: list[Rollout]) -> list[RolloutResult]:
         batch, length = len(requests), max(len(r.prompt_ids) for r in requests)
         pad = self.tokenizer.pad_token_id
-        ids = torch.full((batch, length), pad, dtype=torch.long)
-        mask = torch.zeros((batch, length), dtype=torch.long)
-        for b, r in enumerate(requests):
-            ids[b, length - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-            mask[b, length - len(r.prompt_ids) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = positions_from_mask(mask)
         generators = [make_generator(r.seed) for r in requests]
         tokens = [[] for _ in requests]
         stats = [([], [], [], []) for _ in requests]  # confidence, entropy, latent pos, latents
         done = [False] * batch
         stopped = [False] * batch
+        # the whole prompt is counted even where its KV was cached: counts must not depend on
+        # which replica served the rollout or what its cache held
         forward = [len(r.prompt_ids) for r in requests]
-        with self._autocast():
-            hidden, cache = self._hidden(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        hidden = hidden[:, -1]  # [batch, H]
+        hidden, cache, mask, positions = self._prefill(requests)  # hidden: [batch, H]
         while True:
             logits = self._head(hidden)  # [batch, V]
             probs = torch.softmax(logits, dim=-1)

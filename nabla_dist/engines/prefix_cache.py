@@ -33,6 +33,14 @@ class PrefixCache:
         self.hits = 0
         self.misses = 0
 
+    def peek(self, key) -> Prefix | None:
+        """The prefix for `key` if it is cached (counted as a hit), else None."""
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+        return entry
+
     @torch.no_grad()
     def get(self, key, embeddings: torch.Tensor) -> Prefix:
         """The prefix for `key`; `embeddings` [P, H] are its input embeddings (used on a miss)."""
@@ -53,28 +61,44 @@ class PrefixCache:
         self._entries.clear()
 
 
+def stack_prefixes(prefixes: list[Prefix | None], config) -> tuple[DynamicCache, torch.Tensor]:
+    """Rows' prefix KV left-padded into one cache, and the mask of its columns [B, longest].
+
+    A row without a prefix (None) gets only padding. At least one row must have a prefix.
+    """
+    template = next(p for p in prefixes if p is not None)
+    longest = max(p.length for p in prefixes if p is not None)
+    layers = []
+    for layer in range(len(template.keys_values)):
+        keys, values = [], []
+        for p in prefixes:
+            k, v = (template if p is None else p).keys_values[layer]
+            if p is None:
+                k, v = k[:, :, :0], v[:, :, :0]
+            pad = (0, 0, longest - k.shape[2], 0)  # left-pad the sequence dimension
+            keys.append(torch.nn.functional.pad(k, pad))
+            values.append(torch.nn.functional.pad(v, pad))
+        layers.append((torch.cat(keys), torch.cat(values)))
+    mask = torch.zeros((len(prefixes), longest), dtype=torch.long, device=template.last_hidden.device)
+    for b, p in enumerate(prefixes):
+        if p is not None:
+            mask[b, longest - p.length :] = 1
+    return DynamicCache(ddp_cache_data=layers, config=config), mask
+
+
 def forward_after_prefixes(base_model, prefixes: list[Prefix], suffix: torch.Tensor, lengths: list[int]):
     """Hidden states of the suffix rows given their cached prefixes.
 
     suffix: [B, S, H] input embeddings, right-padded; lengths: real suffix length per row.
     Returns [B, S, H].
     """
-    batch, longest = len(prefixes), max(p.length for p in prefixes)
-    layers = []
-    for layer in range(len(prefixes[0].keys_values)):
-        keys, values = [], []
-        for p in prefixes:
-            k, v = p.keys_values[layer]
-            pad = (0, 0, longest - p.length, 0)  # left-pad the sequence dimension
-            keys.append(torch.nn.functional.pad(k, pad))
-            values.append(torch.nn.functional.pad(v, pad))
-        layers.append((torch.cat(keys), torch.cat(values)))
-    cache = DynamicCache(ddp_cache_data=layers, config=base_model.config)
-    steps = suffix.shape[1]
-    mask = torch.zeros((batch, longest + steps), dtype=torch.long, device=suffix.device)
+    cache, prefix_mask = stack_prefixes(prefixes, base_model.config)
+    batch, steps = suffix.shape[:2]
+    suffix_mask = torch.zeros((batch, steps), dtype=torch.long, device=suffix.device)
     positions = torch.zeros((batch, steps), dtype=torch.long, device=suffix.device)
     for b, (p, n) in enumerate(zip(prefixes, lengths)):
-        mask[b, longest - p.length : longest + n] = 1
+        suffix_mask[b, :n] = 1
         positions[b] = p.length + torch.arange(steps)
+    mask = torch.cat([prefix_mask, suffix_mask], dim=1)
     out = base_model(inputs_embeds=suffix, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
     return out.last_hidden_state

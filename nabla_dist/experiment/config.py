@@ -117,8 +117,9 @@ class ModelConfig:
     dtype: str = "float32"
     autocast_bf16: bool = False
     # Gradient passes: keys/values of the fixed prefix (prompt + committed tokens) computed
-    # once and kept for this many prefixes (least recently used dropped); 0 recomputes the
-    # whole sequence every pass (the naive path, for ablations). Exact either way.
+    # once and kept for this many prefixes (least recently used dropped); the policy's
+    # regenerations prefill only their forced token on them. 0 recomputes the whole
+    # sequence every pass (the naive path, for ablations). Exact either way.
     prefix_cache: int = 64
 
     def __post_init__(self):

@@ -41,6 +41,27 @@ def test_rollout_batch_equals_single(engines):
     assert len({len(r.tokens) for r in batched}) > 1, "rows must differ in length to exercise padding"
 
 
+def test_rollout_on_a_cached_prefix_equals_a_full_prefill(tiny_paths):
+    """∇'s regeneration P ‖ C ‖ t runs only t on the KV its gradient passes cached for P ‖ C;
+    batched with a row that has no cached prefix, both rows match an engine without a cache."""
+    cached, plain = make_policy(tiny_paths, prefix_cache=8), make_policy(tiny_paths, prefix_cache=0)
+    prompts = [cached.encode_prompt(q).ids for q in QUESTIONS[:2]]
+    committed = _responses(1, [5], cached.embeddings.shape[0])[0]
+    ahead = [7, 8, 9]
+    cached.grad([PolicyGrad(prompts[0] + committed + ahead, len(prompts[0]) + len(committed), [0], 1.0, 0.0)])
+    hits = cached.prefix_cache.hits
+    requests = [
+        Rollout(prompts[0] + committed + [11], 10, SamplingParams(0.8, 0.95), seed=3, latents="logits"),
+        Rollout(prompts[1], 14, SamplingParams(0.8, 0.95), seed=4, latents="logits"),
+    ]
+    fast, slow = cached.rollout(requests), plain.rollout(requests)
+    assert cached.prefix_cache.hits == hits + 1, "the regeneration must run on the cached prefix"
+    for a, b in zip(fast, slow):
+        assert a.tokens == b.tokens and a.latent_positions == b.latent_positions
+        assert torch.allclose(a.latents, b.latents, atol=1e-5)
+        assert a.forward_tokens == b.forward_tokens
+
+
 def test_rollout_keeps_hidden_latents_only_at_uncertain_positions(engines):
     policy, _ = engines
     prompt = policy.encode_prompt(QUESTIONS[0]).ids
