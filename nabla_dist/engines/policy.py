@@ -269,17 +269,20 @@ class PolicyEngine:
     def _first_reaching(self, vocab_grad, positions: list[int], threshold: float):
         """The first of `positions` whose ‖∂L/∂y‖ reaches `threshold`, and its gradient [1, V].
 
-        Projects `norm_chunk` candidates at a time and stops at the first chunk that holds
-        one: the probe usually needs one chunk, not the whole ahead × vocabulary product.
-        The winner's gradient is projected alone, as for a request without a threshold.
+        Projects candidates in windows of 1, 2, 4, … (at most `norm_chunk`) and stops at the
+        first window that holds one: with a threshold the probe usually passes at its first
+        candidate, so it should not pay for the whole ahead × vocabulary product. The
+        winner's gradient is the one a request for that position alone gets.
         """
-        chunk = self.options.norm_chunk
-        for start in range(0, len(positions), chunk):
-            window = positions[start : start + chunk]
-            reaching = (vocab_grad(window).norm(dim=-1) >= threshold).nonzero().flatten().tolist()
+        start, size = 0, 1
+        while start < len(positions):
+            window = positions[start : start + size]
+            grads = vocab_grad(window)  # [k, V]
+            reaching = (grads.norm(dim=-1) >= threshold).nonzero().flatten().tolist()
             if reaching:
                 first = [window[reaching[0]]]
-                return first, vocab_grad(first)
+                return first, grads if len(window) == 1 else vocab_grad(first)
+            start, size = start + size, min(2 * size, self.options.norm_chunk)
         return [], None
 
     def _ahead_pass(self, requests: list[PolicyGrad]):
@@ -310,11 +313,9 @@ class PolicyEngine:
     def _ahead_pass_with_prefix(self, requests: list[PolicyGrad]):
         """Same results as `_ahead_pass`, running only the ahead tokens on cached prefix KV."""
         embeddings = self.embeddings
-        prefixes = []
-        for r in requests:
-            key = tuple(r.ids[: r.ahead_start])
-            with self._autocast():
-                prefixes.append(self.prefix_cache.get(key, embeddings[torch.tensor(key, device=self.device)]))
+        keys = [tuple(r.ids[: r.ahead_start]) for r in requests]
+        with self._autocast():
+            prefixes = self.prefix_cache.get_many(keys, lambda i: embeddings[torch.tensor(keys[i], device=self.device)])
         lengths = [len(r.ids) - r.ahead_start for r in requests]
         ahead_ids = torch.full((len(requests), max(lengths)), self.tokenizer.pad_token_id, dtype=torch.long)
         for b, r in enumerate(requests):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from transformers import DynamicCache
@@ -42,20 +43,35 @@ class PrefixCache:
         return entry
 
     @torch.no_grad()
-    def get(self, key, embeddings: torch.Tensor) -> Prefix:
-        """The prefix for `key`; `embeddings` [P, H] are its input embeddings (used on a miss)."""
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return self._entries[key]
-        self.misses += 1
-        out = self.base_model(inputs_embeds=embeddings[None], use_cache=True)
-        layers = [(layer.keys, layer.values) for layer in out.cache.layers]
-        entry = Prefix(layers, out.last_hidden_state[0, -1], embeddings.shape[0])
-        self._entries[key] = entry
-        if len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
-        return entry
+    def get_many(self, keys: list, embed: Callable[[int], torch.Tensor]) -> list[Prefix]:
+        """The prefixes for `keys`; `embed(i)` gives key i's input embeddings [P, H].
+
+        The prefixes not cached yet run together in one right-padded batch: one pass over
+        the weights instead of one per prefix.
+        """
+        found = {key: self.peek(key) for key in dict.fromkeys(keys)}
+        missing = [key for key, entry in found.items() if entry is None]
+        if missing:
+            self.misses += len(missing)
+            first = {key: keys.index(key) for key in missing}
+            rows = [embed(first[key]) for key in missing]  # [P_b, H] each
+            lengths = [row.shape[0] for row in rows]
+            inputs = rows[0].new_zeros((len(rows), max(lengths), rows[0].shape[1]))
+            mask = torch.zeros(inputs.shape[:2], dtype=torch.long, device=inputs.device)
+            for b, (row, n) in enumerate(zip(rows, lengths)):
+                inputs[b, :n], mask[b, :n] = row, 1
+            out = self.base_model(inputs_embeds=inputs, attention_mask=mask, use_cache=True)
+            for b, (key, n) in enumerate(zip(missing, lengths)):
+                # copies, so that an entry does not keep the whole padded batch alive
+                layers = [
+                    (layer.keys[b : b + 1, :, :n].clone(), layer.values[b : b + 1, :, :n].clone())
+                    for layer in out.cache.layers
+                ]
+                found[key] = Prefix(layers, out.last_hidden_state[b, n - 1], n)
+                self._entries[key] = found[key]
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return [found[key] for key in keys]
 
     def clear(self) -> None:
         self._entries.clear()

@@ -171,14 +171,12 @@ class RewardEngine:
 
     def _grad_with_prefix(self, requests: list[RewardGrad]) -> list[RewardGradResult]:
         """As `grad`, running only ahead ‖ postfix on the cached KV of template prefix ‖ committed."""
-        prefixes, suffixes = [], []
-        for r in requests:
-            sequence = self._embed(r.prompt_text, r.response_ids)  # [T, H_R]
-            split = len(self._split(r.prompt_text)[0]) + r.ahead_start
-            key = (r.prompt_text, tuple(r.response_ids[: r.ahead_start]))
-            with self._autocast():
-                prefixes.append(self.prefix_cache.get(key, sequence[:split]))
-            suffixes.append(sequence[split:])
+        sequences = [self._embed(r.prompt_text, r.response_ids) for r in requests]  # [T, H_R] each
+        splits = [len(self._split(r.prompt_text)[0]) + r.ahead_start for r in requests]
+        keys = [(r.prompt_text, tuple(r.response_ids[: r.ahead_start])) for r in requests]
+        with self._autocast():
+            prefixes = self.prefix_cache.get_many(keys, lambda i: sequences[i][: splits[i]])
+        suffixes = [sequence[split:] for sequence, split in zip(sequences, splits)]
         lengths = [len(x) for x in suffixes]
         inputs = suffixes[0].new_zeros((len(requests), max(lengths), suffixes[0].shape[1]))
         for b, x in enumerate(suffixes):

@@ -133,7 +133,7 @@ def test_norm_threshold_returns_first_candidate_reaching_it(tiny_paths, sequence
     ids, start = prompt + response, len(prompt)
     full = engine_grad(policy, None, ids, start, start, 1.0, 0.0, want_norms=True)
     # candidates in rising norm, threshold between the last two: only the last reaches
-    # it, so chunks of 1 and 3 make the search go past its first chunk
+    # it, so the search goes through several windows (of at most norm_chunk)
     candidates = sorted([1, 3, 5, 7], key=lambda p: float(full.norms[p]))
     threshold = float(full.norms[candidates[-2:]].mean())
     request = PolicyGrad(ids, start, candidates, 1.0, 0.0, norm_threshold=threshold)
