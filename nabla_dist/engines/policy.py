@@ -18,13 +18,14 @@ from nabla_dist.algorithm.nabla import Prompt
 from nabla_dist.algorithm.requests import PolicyGrad, PolicyGradResult, Rollout, RolloutResult
 from nabla_dist.algorithm.sampling import make_generator, sample_token
 from nabla_dist.engines.prefix_cache import PrefixCache, forward_after_prefixes, stack_prefixes
+from nabla_dist.engines.projection import AheadGrads, VocabProjection
 
 
 @dataclass(frozen=True)
 class EngineOptions:
     device: str = "cpu"
     autocast_bf16: bool = False  # bf16 autocast for forward/backward (fp32 projections)
-    norm_chunk: int = 64  # ahead positions per chunk when computing every position's norm
+    norm_chunk: int = 64  # most positions per product with the [V, H] embedding matrices
     prefix_cache: int = 64  # prefixes whose KV is kept for gradient passes (0: recompute all)
 
 
@@ -227,37 +228,42 @@ class PolicyEngine:
         passes = self._ahead_pass_with_prefix if self.prefix_cache is not None else self._ahead_pass
         log_probs, token_logprob, ahead_grads, forward_tokens = passes(requests)
         embeddings = self.embeddings
+        pieces, offset = [], 0
+        for b, r in enumerate(requests):
+            m = len(r.ids) - r.ahead_start
+            with_reward = r.lambda_reward != 0 and r.reward_embedding_grad is not None
+            pieces.append(AheadGrads(
+                ell=log_probs[offset : offset + m],  # [m, V]
+                policy=ahead_grads[b],  # [m, H]
+                reward=r.reward_embedding_grad.to(self.device, torch.float32) if with_reward else None,  # [m, H_R]
+                lambda_nll=r.lambda_nll,
+                lambda_reward=r.lambda_reward,
+            ))
+            offset += m
+        project = VocabProjection(embeddings, self.reward_embeddings, self.options.norm_chunk)
+        # (positions, [k, V]) per request: fixed positions, or the first reaching the threshold
+        answers = {b: (list(r.positions), None) for b, r in enumerate(requests)}
+        fixed = [b for b, r in enumerate(requests) if r.norm_threshold is None and r.positions]
+        for b, grads in zip(fixed, project([(pieces[b], list(requests[b].positions)) for b in fixed])):
+            answers[b] = (list(requests[b].positions), grads)
+        probed = [b for b, r in enumerate(requests) if r.norm_threshold is not None]
+        found = project.first_reaching([(pieces[b], list(requests[b].positions), requests[b].norm_threshold)
+                                        for b in probed])
+        answers.update(zip(probed, found))
         results, offset = [], 0
         for b, r in enumerate(requests):
             m = len(r.ids) - r.ahead_start
-            ell = log_probs[offset : offset + m]  # [m, V]
-            g_policy = ahead_grads[b]  # [m, H]
-            g_reward = None
-            if r.lambda_reward != 0 and r.reward_embedding_grad is not None:
-                g_reward = r.reward_embedding_grad.to(self.device, torch.float32)  # [m, H_R]
-
-            def vocab_grad(sel: slice | list[int]) -> torch.Tensor:
-                """∂L/∂y at the selected ahead positions: [k, V]."""
-                out = -r.lambda_nll * (ell[sel] + g_policy[sel] @ embeddings.float().T)
-                if g_reward is not None:
-                    out = out - r.lambda_reward * (g_reward[sel] @ self.reward_embeddings.T)
-                return out
-
+            positions, grads = answers[b]
             norms = None
-            if r.want_norms:
+            if r.want_norms:  # every ahead position, a chunk at a time (diagnostics and tests)
+                everything = list(range(m))
                 chunk = self.options.norm_chunk
-                norms = torch.cat([vocab_grad(slice(s, s + chunk)).norm(dim=-1) for s in range(0, m, chunk)])
-            positions, grads = list(r.positions), None
-            if r.norm_threshold is not None:
-                positions, grads = self._first_reaching(vocab_grad, positions, r.norm_threshold)
-            elif positions:
-                grads = vocab_grad(positions)
-            if grads is None:
-                grads = torch.zeros(0, embeddings.shape[0])
+                norms = torch.cat([g.norm(dim=-1) for g in project(
+                    [(pieces[b], everything[s : s + chunk]) for s in range(0, m, chunk)])])
             results.append(
                 PolicyGradResult(
                     positions=positions,
-                    grads=grads.cpu(),
+                    grads=(torch.zeros(0, embeddings.shape[0]) if grads is None else grads).cpu(),
                     norms=None if norms is None else norms.cpu(),
                     logprob=float(token_logprob[offset : offset + m].sum()),
                     forward_tokens=forward_tokens[b],
@@ -265,25 +271,6 @@ class PolicyEngine:
             )
             offset += m
         return results
-
-    def _first_reaching(self, vocab_grad, positions: list[int], threshold: float):
-        """The first of `positions` whose ‖∂L/∂y‖ reaches `threshold`, and its gradient [1, V].
-
-        Projects candidates in windows of 1, 2, 4, … (at most `norm_chunk`) and stops at the
-        first window that holds one: with a threshold the probe usually passes at its first
-        candidate, so it should not pay for the whole ahead × vocabulary product. The
-        winner's gradient is the one a request for that position alone gets.
-        """
-        start, size = 0, 1
-        while start < len(positions):
-            window = positions[start : start + size]
-            grads = vocab_grad(window)  # [k, V]
-            reaching = (grads.norm(dim=-1) >= threshold).nonzero().flatten().tolist()
-            if reaching:
-                first = [window[reaching[0]]]
-                return first, grads if len(window) == 1 else vocab_grad(first)
-            start, size = start + size, min(2 * size, self.options.norm_chunk)
-        return [], None
 
     def _ahead_pass(self, requests: list[PolicyGrad]):
         """Forward+backward over whole sequences (right padding).

@@ -96,6 +96,39 @@ def test_policy_and_reward_gradient_batches_equal_single(engines):
         assert abs(pa.logprob - pb.logprob) < 1e-4
 
 
+def test_norm_probes_batched_pick_what_each_picks_alone(engines):
+    """Probes go through the embedding products in step; each must stop where it would alone,
+    also when another request in the batch asks for fixed positions or finds none."""
+    policy, reward = engines
+    prompts = [policy.encode_prompt(q).ids for q in QUESTIONS]
+    responses = _responses(2, [9, 14, 12], policy.embeddings.shape[0])
+    grads = reward.grad([RewardGrad(q, r, 1) for q, r in zip(QUESTIONS, responses)])
+    norms = [
+        policy.grad([PolicyGrad(p + r, len(p) + 1, [], 1e-3, 1.0, g.embedding_grad, want_norms=True)])[0].norms
+        for p, r, g in zip(prompts, responses, grads)
+    ]
+    # row 0: candidates in rising norm, the 5th the first to reach (inside the third window
+    # of sizes 1, 2, 4); row 1: none reaches; row 2: fixed positions
+    candidates = sorted(range(1, 8), key=lambda p: float(norms[0][p]))
+    threshold = float(norms[0][candidates[3:5]].mean())
+    expected = candidates[4]
+    requests = [
+        PolicyGrad(prompts[0] + responses[0], len(prompts[0]) + 1, candidates, 1e-3, 1.0, grads[0].embedding_grad,
+                   norm_threshold=threshold),
+        PolicyGrad(prompts[1] + responses[1], len(prompts[1]) + 1, candidates, 1e-3, 1.0, grads[1].embedding_grad,
+                   norm_threshold=float(norms[1].max()) * 2),
+        PolicyGrad(prompts[2] + responses[2], len(prompts[2]) + 1, [0, 4], 1e-3, 1.0, grads[2].embedding_grad),
+    ]
+    batch = policy.grad(requests)
+    assert batch[0].positions == [expected]
+    assert batch[1].positions == [] and batch[1].grads.shape[0] == 0
+    assert batch[2].positions == [0, 4]
+    for request, together in zip(requests, batch):
+        (alone,) = policy.grad([request])
+        assert together.positions == alone.positions
+        assert torch.allclose(together.grads, alone.grads, rtol=1e-4, atol=1e-7)
+
+
 def test_reward_score_batch_equals_single_and_matches_grad_pass(engines):
     _, reward = engines
     responses = _responses(1, [3, 20, 9], len(reward.aligned))
