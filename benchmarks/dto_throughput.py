@@ -1,8 +1,10 @@
 """∇-Reasoner throughput: naive path against the accelerated path, same problems and seeds.
 
-Naive: one problem at a time, batch size 1, full recompute of every gradient pass (no
-prefix KV), no reuse of the selector's gradient. Accelerated: prefix KV, reuse, and 1, 4
-and 16 problems in flight batched together. Responses must be identical; the script
+Naive, as the reference implementation works: one problem at a time, batch size 1, full
+recompute of every gradient pass (no prefix KV), every ahead position's gradient norm
+projected for the probe, no reuse of the selector's gradient. Accelerated: prefix KV (also
+for regenerations' prefill), the lazy probe, reuse, and 1, 4 and 16 problems in flight
+batched together. Responses must be identical; the script
 prints problems/min, gradient passes/s and the speedups.
 
     python benchmarks/dto_throughput.py --shape smollm2-135m --problems 16
@@ -34,7 +36,7 @@ from nabla_dist.runtime.local import LocalRuntime
 
 
 def build(shape: str, accelerated: bool, batch: int):
-    options = EngineOptions(prefix_cache=64 if accelerated else 0)
+    options = EngineOptions(prefix_cache=64 if accelerated else 0, lazy_probe=accelerated)
     if shape == "toy":
         tokenizer = load_tokenizer("toy:policy")
         policy = PolicyEngine(load_causal_lm("toy:policy"), tokenizer, options)

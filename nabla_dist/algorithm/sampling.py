@@ -1,7 +1,8 @@
 """Token sampling with temperature, top-k and top-p, reproducible per request.
 
-The filters are transformers' logits warpers; each draw takes its own `torch.Generator`
-so a row of a batch samples exactly what it would sample alone.
+The filters are transformers' logits warpers, applied to a batch's rows together; each draw
+takes its own `torch.Generator` so a row of a batch samples exactly what it would sample
+alone.
 """
 
 from __future__ import annotations
@@ -30,11 +31,29 @@ def _warpers(params: SamplingParams) -> LogitsProcessorList:
 
 def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
     """Draw one token from `logits` [V]; temperature 0 is argmax (no randomness used)."""
-    if params.temperature == 0:
-        return int(logits.argmax())
-    scores = _warpers(params)(None, logits.float().unsqueeze(0))  # [1, V]
-    probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return sample_tokens(logits[None], [params], [generator])[0]
+
+
+def sample_tokens(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator]) -> list[int]:
+    """One draw per row of `logits` [B, V], each with its own parameters and generator.
+
+    Rows that share parameters are filtered together (one batched sort for top-p); each row
+    still draws with its own generator, so it samples what it would sample alone.
+    """
+    tokens = [0] * len(params)
+    groups: dict[SamplingParams, list[int]] = {}
+    for b, p in enumerate(params):
+        groups.setdefault(p, []).append(b)
+    for p, rows in groups.items():
+        block = logits[rows].float()  # [b, V]
+        if p.temperature == 0:
+            picks = block.argmax(-1).tolist()
+        else:
+            probs = torch.softmax(_warpers(p)(None, block), dim=-1).cpu()
+            picks = [int(torch.multinomial(probs[i : i + 1], 1, generator=generators[b])) for i, b in enumerate(rows)]
+        for b, token in zip(rows, picks):
+            tokens[b] = token
+    return tokens
 
 
 def make_generator(seed: int) -> torch.Generator:

@@ -16,7 +16,7 @@ import torch
 
 from nabla_dist.algorithm.nabla import Prompt
 from nabla_dist.algorithm.requests import PolicyGrad, PolicyGradResult, Rollout, RolloutResult
-from nabla_dist.algorithm.sampling import make_generator, sample_token
+from nabla_dist.algorithm.sampling import make_generator, sample_tokens
 from nabla_dist.engines.prefix_cache import PrefixCache, forward_after_prefixes, stack_prefixes
 from nabla_dist.engines.projection import AheadGrads, VocabProjection
 
@@ -27,6 +27,7 @@ class EngineOptions:
     autocast_bf16: bool = False  # bf16 autocast for forward/backward (fp32 projections)
     norm_chunk: int = 64  # most positions per product with the [V, H] embedding matrices
     prefix_cache: int = 64  # prefixes whose KV is kept for gradient passes (0: recompute all)
+    lazy_probe: bool = True  # norm probe: project windows of candidates (False: every position first)
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -164,10 +165,10 @@ class PolicyEngine:
             confidence = probs.max(-1).values
             entropy = -(probs * torch.log_softmax(logits, dim=-1)).sum(-1)
             next_ids = torch.full((batch,), pad, dtype=torch.long)
-            for b, r in enumerate(requests):
-                if done[b]:
-                    continue
-                token = sample_token(logits[b].cpu(), r.sampling, generators[b])
+            live = [b for b in range(batch) if not done[b]]
+            drawn = sample_tokens(logits[live], [requests[b].sampling for b in live], [generators[b] for b in live])
+            for b, token in zip(live, drawn):
+                r = requests[b]
                 conf, ent, lat_pos, lat = stats[b]
                 conf.append(float(confidence[b]))
                 ent.append(float(entropy[b]))
@@ -248,7 +249,7 @@ class PolicyEngine:
             answers[b] = (list(requests[b].positions), grads)
         probed = [b for b, r in enumerate(requests) if r.norm_threshold is not None]
         found = project.first_reaching([(pieces[b], list(requests[b].positions), requests[b].norm_threshold)
-                                        for b in probed])
+                                        for b in probed], lazy=self.options.lazy_probe)
         answers.update(zip(probed, found))
         results, offset = [], 0
         for b, r in enumerate(requests):

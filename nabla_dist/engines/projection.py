@@ -58,15 +58,18 @@ class VocabProjection:
             out[rows.to(out.device)] -= lam_r.to(out) * (reward @ self.reward_t)
         return list(out.split(sizes))
 
-    def first_reaching(self, asks: list[tuple[AheadGrads, list[int], float]]):
+    def first_reaching(self, asks: list[tuple[AheadGrads, list[int], float]], lazy: bool = True):
         """For each (request, candidate positions, threshold): the first candidate whose
         ‖∂L/∂y‖ reaches the threshold and its gradient [1, V], or ([], None).
 
-        Candidates are projected in windows of 1, 2, 4, … (at most `max_rows`), all requests
-        in step, and a request stops at its first window that holds one: a probe usually
-        passes at its first candidate and should not pay for the whole ahead × vocabulary
-        product.
+        Lazy: candidates are projected in windows of 1, 2, 4, … (at most `max_rows`), all
+        requests in step, and a request stops at its first window that holds one: a probe
+        usually passes at its first candidate and should not pay for the whole ahead ×
+        vocabulary product. Not lazy: every ahead position is projected first, as the
+        reference implementation does (the naive path of the benchmarks).
         """
+        if not lazy:
+            return [self._first_of_all(a, positions, threshold) for a, positions, threshold in asks]
         found: list = [([], None)] * len(asks)
         state = {i: (0, 1) for i, (_, positions, _) in enumerate(asks) if positions}  # window start, size
         while state:
@@ -81,3 +84,11 @@ class VocabProjection:
                 elif start + size < len(asks[i][1]):
                     state[i] = (start + size, min(2 * size, self.max_rows))
         return found
+
+    def _first_of_all(self, ahead: AheadGrads, positions: list[int], threshold: float):
+        everything = list(range(ahead.ell.shape[0]))
+        grads = torch.cat(self([(ahead, everything[s : s + self.max_rows])
+                                for s in range(0, len(everything), self.max_rows)]))  # [m, V]
+        norms = grads.norm(dim=-1)
+        first = next((p for p in positions if norms[p] >= threshold), None)
+        return ([], None) if first is None else ([first], grads[first : first + 1])

@@ -18,6 +18,7 @@ from nabla_dist.algorithm.baselines import SampleConfig
 from nabla_dist.algorithm.dto import DTOConfig
 from nabla_dist.algorithm.nabla import NablaConfig
 from nabla_dist.algorithm.requests import SamplingParams
+from nabla_dist.engines.policy import EngineOptions
 from nabla_dist.runtime.scheduler import DEFAULT_PATIENCE
 from nabla_dist.experiment.data import DataConfig
 
@@ -121,11 +122,18 @@ class ModelConfig:
     # regenerations prefill only their forced token on them. 0 recomputes the whole
     # sequence every pass (the naive path, for ablations). Exact either way.
     prefix_cache: int = 64
+    # Policy only: the gradient-norm probe projects its candidates to vocabulary space a
+    # window at a time (1, 2, 4, …) and stops at the first reaching the threshold; false
+    # projects every ahead position first, as the reference implementation does.
+    lazy_probe: bool = True
 
     def __post_init__(self):
         _check(self.dtype in ("float32", "bfloat16", "float16"), "dtype", self.dtype,
                "use float32, bfloat16 or float16")
         _check(self.prefix_cache >= 0, "prefix_cache", self.prefix_cache, "use ≥ 0 (0 turns the prefix KV off)")
+
+    def engine_options(self, device: str) -> EngineOptions:
+        return EngineOptions(device, self.autocast_bf16, prefix_cache=self.prefix_cache, lazy_probe=self.lazy_probe)
 
 
 REWARD_KINDS = ("classifier", "verifier")

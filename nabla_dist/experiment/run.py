@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from nabla_dist.algorithm.baselines import best_of_n, greedy, self_consistency
 from nabla_dist.algorithm.nabla import NablaReasoner, ProgramOutput, Prompt
 from nabla_dist.engines.loading import build_reward_engine, load_causal_lm, load_tokenizer
-from nabla_dist.engines.policy import EngineOptions, PolicyEngine
+from nabla_dist.engines.policy import PolicyEngine
 from nabla_dist.experiment.config import ConfigError, ExperimentConfig, to_yaml
 from nabla_dist.experiment.data import Problem, load_problems
 from nabla_dist.experiment.grading import extract_answer, is_equivalent
@@ -51,19 +51,16 @@ def needs_reward(cfg: ExperimentConfig) -> bool:
 
 
 def build_local_runtime(cfg: ExperimentConfig) -> LocalRuntime:
-    options = lambda model_cfg: EngineOptions(  # noqa: E731
-        cfg.runtime.device, model_cfg.autocast_bf16, prefix_cache=model_cfg.prefix_cache
-    )
     tokenizer = load_tokenizer(cfg.policy.tokenizer or cfg.policy.path)
-    policy = PolicyEngine(load_causal_lm(cfg.policy.path, cfg.policy.dtype), tokenizer, options(cfg.policy),
-                          stop_strings=cfg.method.stop)
+    policy = PolicyEngine(load_causal_lm(cfg.policy.path, cfg.policy.dtype), tokenizer,
+                          cfg.policy.engine_options(cfg.runtime.device), stop_strings=cfg.method.stop)
     reward = None
     if needs_reward(cfg):
         if cfg.reward is None:
             raise ValueError(f"method.name={cfg.method.name} needs a reward model: set reward.path")
         r = cfg.reward
         reward = build_reward_engine(
-            r.path, tokenizer, options(r), kind=r.kind, tokenizer=r.tokenizer, dtype=r.dtype, verdict=r.verdict,
+            r.path, tokenizer, r.engine_options(cfg.runtime.device), kind=r.kind, tokenizer=r.tokenizer, dtype=r.dtype, verdict=r.verdict,
             policy_vocab_size=policy.embeddings.shape[0],
         )
     return LocalRuntime(policy, reward, cfg.runtime.max_batch_size, cfg.runtime.batch_patience)

@@ -141,16 +141,15 @@ class RayRuntime:
             raise ConfigError(str(error)) from error
 
         policy_spec = ModelSpec(cfg.policy.path, cfg.policy.tokenizer or cfg.policy.path, cfg.policy.dtype,
-                                cfg.policy.autocast_bf16, cfg.runtime.device, options.sharding, tuple(cfg.method.stop),
-                                keep_head=cfg.method.parametrization == "latents", prefix_cache=cfg.policy.prefix_cache)
+                                cfg.policy.engine_options(cfg.runtime.device), options.sharding, tuple(cfg.method.stop),
+                                keep_head=cfg.method.parametrization == "latents")
         runtime = cls(tokenizer, options, cfg.runtime.max_batch_size, session.started_here)
         try:
             if use_reward:
                 reward_spec = ModelSpec(cfg.reward.path, cfg.reward.tokenizer or cfg.reward.path, cfg.reward.dtype,
-                                        cfg.reward.autocast_bf16, cfg.runtime.device, options.sharding,
+                                        cfg.reward.engine_options(cfg.runtime.device), options.sharding,
                                         policy_tokenizer=policy_spec.tokenizer,
-                                        policy_vocab_size=_model_config(cfg.policy.path).vocab_size,
-                                        prefix_cache=cfg.reward.prefix_cache)
+                                        policy_vocab_size=_model_config(cfg.policy.path).vocab_size)
                 runtime.reward = [Replica(f"reward-{i}", RewardWorker, options.reward_tp_size, options.cpus_per_actor,
                                           options.gpus_per_actor, spec=reward_spec)
                                   for i in range(options.reward_replicas)]

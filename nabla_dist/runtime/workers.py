@@ -36,17 +36,12 @@ class ModelSpec:
     path: str
     tokenizer: str
     dtype: str = "float32"
-    autocast_bf16: bool = False
-    device: str = "cpu"
+    options: EngineOptions = EngineOptions()  # device, autocast, accelerations
     sharding: str = "none"
     stop_strings: tuple[str, ...] = ()  # policy only
     keep_head: bool = False  # policy only: keep W_head whole for the `latents` parametrization
     policy_tokenizer: str | None = None  # reward only: the vocabulary to align to
     policy_vocab_size: int | None = None  # reward only: rows of the policy's embedding matrix
-    prefix_cache: int = 64  # EngineOptions.prefix_cache (0: full recompute)
-
-    def options(self) -> EngineOptions:
-        return EngineOptions(self.device, self.autocast_bf16, prefix_cache=self.prefix_cache)
 
 
 class _WholeEmbeddings:
@@ -135,7 +130,7 @@ class PolicyWorker(_Rank):
         self.head = model.get_output_embeddings().weight.detach().float().clone() if keep_head else None
         whole = _whole_embeddings(model, spec, rank_env.world_size)
         model = shard_model(model, spec.sharding, rank_env.world_size)
-        self.engine = RankPolicyEngine(model, tokenizer, spec.options(), stop_strings=spec.stop_strings)
+        self.engine = RankPolicyEngine(model, tokenizer, spec.options, stop_strings=spec.stop_strings)
         self.engine.whole_embeddings = whole
         if reward_embeddings:
             self.engine.set_reward_embeddings(ray.get(reward_embeddings[0]))
@@ -168,7 +163,7 @@ class RewardWorker(_Rank):
         whole = _whole_embeddings(model, spec, rank_env.world_size)
         # The aligned embeddings are built here from the whole model, before sharding splits it.
         self.engine = RankRewardEngine(model, load_tokenizer(spec.tokenizer), load_tokenizer(spec.policy_tokenizer),
-                                       spec.options(), policy_vocab_size=spec.policy_vocab_size)
+                                       spec.options, policy_vocab_size=spec.policy_vocab_size)
         self.engine.model = shard_model(self.engine.model, spec.sharding, rank_env.world_size)
         self.engine.whole_embeddings = whole
 

@@ -126,9 +126,9 @@ def test_reward_of_other_tokenizer_is_aligned_by_string_with_a_warning(tiny_path
     assert missing and torch.equal(reward.aligned[missing[0]], reward.embeddings[reward.tokenizer.pad_token_id])
 
 
-@pytest.mark.parametrize("norm_chunk", [1, 3, 64])
-def test_norm_threshold_returns_first_candidate_reaching_it(tiny_paths, sequence, norm_chunk):
-    policy = make_policy(tiny_paths, norm_chunk=norm_chunk)
+@pytest.mark.parametrize("norm_chunk,lazy", [(1, True), (3, True), (64, True), (3, False)])
+def test_norm_threshold_returns_first_candidate_reaching_it(tiny_paths, sequence, norm_chunk, lazy):
+    policy = make_policy(tiny_paths, norm_chunk=norm_chunk, lazy_probe=lazy)
     prompt, response = sequence
     ids, start = prompt + response, len(prompt)
     full = engine_grad(policy, None, ids, start, start, 1.0, 0.0, want_norms=True)

@@ -129,15 +129,17 @@ def test_compare_configs_differ_only_in_the_method():
         assert all(line.startswith("method.") for line in differing), differing
 
 
-def test_the_prefix_kv_switch_reaches_both_engines_and_leaves_results_unchanged(tmp_path, tiny_paths):
+def test_the_acceleration_switches_reach_the_engines_and_leave_results_unchanged(tmp_path, tiny_paths):
     args = ["wandb.mode=disabled", "data.limit=2", "method.name=nabla", "method.max_new_tokens=8",
-            "method.max_rollouts=2", "method.max_iters=3"]
+            "method.max_rollouts=2", "method.max_iters=3", "method.grad_norm_threshold=1e-4"]
     responses = {}
-    for size in (64, 0):
-        cfg = load_config("default", args + [f"output_dir={tmp_path / str(size)}", f"policy.prefix_cache={size}",
-                                             f"reward.prefix_cache={size}"])
+    for size, lazy in ((64, True), (0, False)):
+        out = tmp_path / str(size)
+        cfg = load_config("default", args + [f"output_dir={out}", f"policy.prefix_cache={size}",
+                                             f"reward.prefix_cache={size}", f"policy.lazy_probe={lazy}"])
         runtime = build_local_runtime(cfg)
         assert runtime.policy.options.prefix_cache == runtime.reward.options.prefix_cache == size
+        assert runtime.policy.options.lazy_probe is lazy
         Experiment(cfg, runtime).run()
-        responses[size] = {r["problem_id"]: r["response"] for r in ResultsFile(tmp_path / str(size) / "results.jsonl").read()}
+        responses[size] = {r["problem_id"]: r["response"] for r in ResultsFile(out / "results.jsonl").read()}
     assert responses[64] == responses[0] and len(responses[0]) == 2
