@@ -2,9 +2,10 @@
 
 Rollouts are batched (left padding, explicit position ids, KV cache) and sample each row
 with its own generator; a prompt that extends a prefix held by the gradient passes' prefix
-cache by one token prefills only that token. Gradients are one batched forward+backward to the input
-embeddings (right padding); the embedding gradient is projected into vocabulary space
-here, together with the reward model's, using the aligned reward embedding matrix.
+cache by one token prefills only that token. Gradients are one batched forward+backward
+to the input embeddings (right padding); the embedding gradient is projected into
+vocabulary space here (projection.py), together with the reward model's, using the
+aligned reward embedding matrix.
 """
 
 from __future__ import annotations
@@ -229,9 +230,10 @@ class PolicyEngine:
         passes = self._ahead_pass_with_prefix if self.prefix_cache is not None else self._ahead_pass
         log_probs, token_logprob, ahead_grads, forward_tokens = passes(requests)
         embeddings = self.embeddings
-        pieces, offset = [], 0
+        pieces, logprobs, offset = [], [], 0
         for b, r in enumerate(requests):
             m = len(r.ids) - r.ahead_start
+            logprobs.append(float(token_logprob[offset : offset + m].sum()))
             with_reward = r.lambda_reward != 0 and r.reward_embedding_grad is not None
             pieces.append(AheadGrads(
                 ell=log_probs[offset : offset + m],  # [m, V]
@@ -251,26 +253,18 @@ class PolicyEngine:
         found = project.first_reaching([(pieces[b], list(requests[b].positions), requests[b].norm_threshold)
                                         for b in probed], lazy=self.options.lazy_probe)
         answers.update(zip(probed, found))
-        results, offset = [], 0
+        results = []
         for b, r in enumerate(requests):
-            m = len(r.ids) - r.ahead_start
             positions, grads = answers[b]
-            norms = None
-            if r.want_norms:  # every ahead position, a chunk at a time (diagnostics and tests)
-                everything = list(range(m))
-                chunk = self.options.norm_chunk
-                norms = torch.cat([g.norm(dim=-1) for g in project(
-                    [(pieces[b], everything[s : s + chunk]) for s in range(0, m, chunk)])])
             results.append(
                 PolicyGradResult(
                     positions=positions,
                     grads=(torch.zeros(0, embeddings.shape[0]) if grads is None else grads).cpu(),
-                    norms=None if norms is None else norms.cpu(),
-                    logprob=float(token_logprob[offset : offset + m].sum()),
+                    norms=project.norms(pieces[b]).cpu() if r.want_norms else None,  # diagnostics and tests
+                    logprob=logprobs[b],
                     forward_tokens=forward_tokens[b],
                 )
             )
-            offset += m
         return results
 
     def _ahead_pass(self, requests: list[PolicyGrad]):

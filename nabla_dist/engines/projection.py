@@ -85,10 +85,13 @@ class VocabProjection:
                     state[i] = (start + size, min(2 * size, self.max_rows))
         return found
 
-    def _first_of_all(self, ahead: AheadGrads, positions: list[int], threshold: float):
+    def norms(self, ahead: AheadGrads) -> torch.Tensor:
+        """‖∂L/∂y_i‖ at every ahead position [m], `max_rows` positions at a time."""
         everything = list(range(ahead.ell.shape[0]))
-        grads = torch.cat(self([(ahead, everything[s : s + self.max_rows])
-                                for s in range(0, len(everything), self.max_rows)]))  # [m, V]
-        norms = grads.norm(dim=-1)
+        chunks = [(ahead, everything[s : s + self.max_rows]) for s in range(0, len(everything), self.max_rows)]
+        return torch.cat([self([chunk])[0].norm(dim=-1) for chunk in chunks])
+
+    def _first_of_all(self, ahead: AheadGrads, positions: list[int], threshold: float):
+        norms = self.norms(ahead)
         first = next((p for p in positions if norms[p] >= threshold), None)
-        return ([], None) if first is None else ([first], grads[first : first + 1])
+        return ([], None) if first is None else ([first], self([(ahead, [first])])[0])

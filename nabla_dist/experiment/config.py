@@ -19,8 +19,8 @@ from nabla_dist.algorithm.dto import DTOConfig
 from nabla_dist.algorithm.nabla import NablaConfig
 from nabla_dist.algorithm.requests import SamplingParams
 from nabla_dist.engines.policy import EngineOptions
-from nabla_dist.runtime.scheduler import DEFAULT_PATIENCE
 from nabla_dist.experiment.data import DataConfig
+from nabla_dist.runtime.scheduler import DEFAULT_PATIENCE
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 METHODS = ("nabla", "greedy", "self_consistency", "best_of_n")
