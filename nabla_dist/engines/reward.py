@@ -23,6 +23,22 @@ PLACEHOLDER = "<<nabla-dist-answer>>"
 MIN_ALIGNED_SHARE = 0.5  # below this share of policy tokens found, alignment is refused
 
 
+def classifier_conversation(tokenizer, question: str) -> str:
+    """A reward classifier's input text: user question, assistant PLACEHOLDER, its chat template."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}, {"role": "assistant", "content": PLACEHOLDER}], tokenize=False
+    )
+
+
+def split_template(tokenizer, conversation: str) -> tuple[list[int], list[int]]:
+    """Token ids before and after the response in `conversation` (which holds PLACEHOLDER once)."""
+    if conversation.count(PLACEHOLDER) != 1:
+        raise ValueError(f"reward chat template does not place the answer exactly once: {conversation!r}")
+    prefix, postfix = conversation.split(PLACEHOLDER)
+    encode = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    return encode(prefix), encode(postfix)
+
+
 class RewardEngine:
     def __init__(
         self,
@@ -61,10 +77,7 @@ class RewardEngine:
 
     def conversation(self, question: str) -> str:
         """The model's input text with PLACEHOLDER where the response goes."""
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}, {"role": "assistant", "content": PLACEHOLDER}],
-            tokenize=False,
-        )
+        return classifier_conversation(self.tokenizer, question)
 
     def readout(self, last_hidden: torch.Tensor) -> torch.Tensor:
         """Reward from the last position's hidden state: [batch, H] -> [batch]."""
@@ -113,12 +126,7 @@ class RewardEngine:
         return embeddings[index].clone()
 
     def _split_template(self, question: str) -> tuple[list[int], list[int]]:
-        text = self.conversation(question)
-        if text.count(PLACEHOLDER) != 1:
-            raise ValueError(f"reward chat template does not place the answer exactly once: {text!r}")
-        prefix, postfix = text.split(PLACEHOLDER)
-        encode = lambda s: self.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-        return encode(prefix), encode(postfix)
+        return split_template(self.tokenizer, self.conversation(question))
 
     def _embed(self, question: str, response_ids: list[int]) -> torch.Tensor:
         prefix, postfix = self._split(question)

@@ -45,7 +45,7 @@ from transformers import (
 from nabla_dist.algorithm.requests import Rollout, SamplingParams
 from nabla_dist.engines.policy import EngineOptions, PolicyEngine, positions_from_mask
 from nabla_dist.engines.loading import TOY_DIR, TOY_MODELS
-from nabla_dist.engines.reward import PLACEHOLDER
+from nabla_dist.engines.reward import classifier_conversation, split_template
 from nabla_dist.engines.tiny import bpe_chat_tokenizer
 from nabla_dist.experiment.grading import grade
 from nabla_dist.experiment.toy_task import ToyProblem, generate
@@ -242,12 +242,8 @@ def sample_responses(engine: PolicyEngine, problems: list[ToyProblem], temperatu
 # -- 4. reward model ----------------------------------------------------------------------
 def reward_input_ids(tokenizer, question: str, response_ids: list[int]) -> list[int]:
     """prefix(question) ‖ response ‖ postfix, the reward model's view (as RewardEngine builds it)."""
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}, {"role": "assistant", "content": PLACEHOLDER}], tokenize=False
-    )
-    prefix, postfix = text.split(PLACEHOLDER)
-    encode = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-    return encode(prefix) + list(response_ids) + encode(postfix)
+    prefix, postfix = split_template(tokenizer, classifier_conversation(tokenizer, question))
+    return prefix + list(response_ids) + postfix
 
 
 def reward_scores(model, rows: list[list[int]], pad_id: int) -> torch.Tensor:
