@@ -21,7 +21,8 @@ import time
 from nabla_dist.engines.tiny import build_tokenizer, random_model
 from nabla_dist.experiment.config import load_config
 from nabla_dist.experiment.data import load_problems
-from nabla_dist.experiment.run import make_program, problem_seed
+from nabla_dist.experiment.build import build_runtime, make_program
+from nabla_dist.experiment.run import problem_seed
 from nabla_dist.runtime.cluster import start_ray
 from nabla_dist.runtime.ray_runtime import RayRuntime
 
@@ -41,7 +42,7 @@ def run(runtime: RayRuntime, cfg, problems, in_flight: int) -> dict:
             raise error
         responses[key] = output.response_ids
 
-    programs = ((p.id, make_program(cfg, runtime.encode_prompt(p.question), problem_seed(cfg.seed, p.id, 0)))
+    programs = ((p.id, make_program(cfg, runtime.prompts.encode(p.question), problem_seed(cfg.seed, p.id, 0)))
                 for p in problems)
     engine, by_kind = sum(runtime.engine_seconds.values()), dict(runtime.engine_seconds)
     calls, served = sum(runtime.engine_calls.values()), sum(runtime.requests_served.values())
@@ -75,12 +76,11 @@ def main() -> None:
             f"method.name={args.method}", f"method.max_iters={args.max_iters}", "method.lambda_reward=0",
             "method.rejection_sampling=false",
             "method.grad_norm_threshold=null", f"runtime.max_batch_size={args.problems}", "runtime.kind=ray",
+            "runtime.policy_replicas=1", "runtime.reward_replicas=0", "runtime.tp_size=1",
+            f"runtime.cpus_per_actor={args.cpus_per_actor}",
         ])
-        for key, value in dict(policy_replicas=1, reward_replicas=0, tp_size=1,
-                               cpus_per_actor=args.cpus_per_actor).items():
-            setattr(cfg.runtime, key, value)  # fields RuntimeConfig may not declare yet
         start_ray(None)
-        runtime = RayRuntime.from_config(cfg)
+        runtime = build_runtime(cfg)
         try:
             problems = load_problems(cfg.data)
             run(runtime, cfg, problems[:2], in_flight=2)  # warm-up: first passes, allocator

@@ -24,37 +24,36 @@ import time
 
 import torch
 
-from nabla_dist.algorithm.dto import DTOConfig
 from nabla_dist.algorithm.nabla import NablaConfig, NablaReasoner
-from nabla_dist.engines.loading import load_causal_lm, load_reward_model, load_tokenizer
-from nabla_dist.engines.policy import EngineOptions, PolicyEngine
+from nabla_dist.engines.policy import PolicyEngine
 from nabla_dist.engines.reward import RewardEngine
+from nabla_dist.engines.spec import PolicySpec, RewardSpec
 from nabla_dist.engines.tiny import build_tokenizer, random_model
 from nabla_dist.experiment.config import load_config
 from nabla_dist.experiment.data import DataConfig, load_problems
 from nabla_dist.runtime.local import LocalRuntime
+from nabla_dist.runtime.options import RuntimeOptions
 
 
 def build(shape: str, accelerated: bool, batch: int):
-    options = EngineOptions(prefix_cache=64 if accelerated else 0, lazy_probe=accelerated)
+    cache = 64 if accelerated else 0
+    policy_spec = PolicySpec("toy:policy", prefix_cache=cache, lazy_probe=accelerated)
+    options = RuntimeOptions(max_batch_size=batch)
     if shape == "toy":
-        tokenizer = load_tokenizer("toy:policy")
-        policy = PolicyEngine(load_causal_lm("toy:policy"), tokenizer, options)
-        reward = RewardEngine(load_reward_model("toy:reward"), tokenizer, tokenizer, options)
-        return LocalRuntime(policy, reward, max_batch_size=batch)
+        return LocalRuntime.start(policy_spec, RewardSpec("toy:reward", prefix_cache=cache), options)
     tokenizer = build_tokenizer(vocab_size=400, seed=0)
-    policy = PolicyEngine(random_model(shape, tokenizer, seed=0), tokenizer, options)
+    policy = PolicyEngine(random_model(shape, tokenizer, seed=0), tokenizer, policy_spec)
     reward = RewardEngine(
         random_model("tiny" if shape == "tiny" else "mid", tokenizer, reward=True, seed=1),
-        tokenizer, tokenizer, options, policy_vocab_size=policy.embeddings.shape[0],
+        tokenizer, tokenizer, RewardSpec(prefix_cache=cache), policy_vocab_size=policy.embeddings.shape[0],
     )
-    return LocalRuntime(policy, reward, max_batch_size=batch)
+    return LocalRuntime(policy, reward, options)
 
 
 def run(runtime: LocalRuntime, questions, cfg: NablaConfig, in_flight: int):
     outputs = {}
     programs = (
-        (i, NablaReasoner(runtime.encode_prompt(q), cfg, seed=1000 + i).run()) for i, q in enumerate(questions)
+        (i, NablaReasoner(runtime.prompts.encode(q), cfg, seed=1000 + i).run()) for i, q in enumerate(questions)
     )
     start = time.perf_counter()
     runtime.run(programs, lambda k, o, e: outputs.__setitem__(k, o if e is None else e), max_in_flight=in_flight)
@@ -77,15 +76,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.shape == "toy":  # the shipped pair, its method settings and held-out problems
-        cfg = load_config("toy", []).method.nabla()
+        cfg = load_config("toy", []).method
         questions = [p.question for p in load_problems(DataConfig(name="toy", size=args.problems, seed=0))]
     else:
         questions = [p.question for p in load_problems(DataConfig(name="toy", size=args.problems, seed=7))]
         # every position is uncertain under random weights; the probe's norm test always passes
-        cfg = NablaConfig(
-            max_new_tokens=args.max_new_tokens, max_rollouts=8, grad_norm_threshold=1e-9,
-            dto=DTOConfig(max_iters=args.max_iters, lr=0.05),
-        )
+        cfg = NablaConfig(max_new_tokens=args.max_new_tokens, max_rollouts=8, grad_norm_threshold=1e-9,
+                          max_iters=args.max_iters, lr=0.05)
     figures = {"shape": args.shape, "problems": args.problems, "threads": torch.get_num_threads()}
 
     naive_runtime = build(args.shape, accelerated=False, batch=1)

@@ -15,13 +15,14 @@ import time
 
 from nabla_dist.experiment.config import load_config
 from nabla_dist.experiment.data import load_problems
-from nabla_dist.experiment.run import build_local_runtime, make_program, problem_seed
+from nabla_dist.experiment.build import build_runtime, make_program
+from nabla_dist.experiment.run import problem_seed
 
 
 def measure(cfg, runtime, problems) -> dict:
     outputs = {}
     programs = (
-        (p.id, make_program(cfg, runtime.encode_prompt(p.question), problem_seed(cfg.seed, p.id, 0),
+        (p.id, make_program(cfg, runtime.prompts.encode(p.question), problem_seed(cfg.seed, p.id, 0),
                             runtime.head_matrix() if cfg.method.parametrization == "latents" else None))
         for p in problems
     )
@@ -57,7 +58,7 @@ def main() -> None:
     for name, extra in (("best_of_n", ["method.name=best_of_n", "method.n=8"]),
                         ("nabla", ["method.name=nabla", "method.max_rollouts=8"])):
         cfg = load_config(args.experiment, common + extra)
-        runtime = runtime or build_local_runtime(load_config(args.experiment, common + ["method.name=best_of_n"]))
+        runtime = runtime or build_runtime(load_config(args.experiment, common + ["method.name=best_of_n"]))
         figures[name] = measure(cfg, runtime, load_problems(cfg.data))
         print(name, json.dumps(figures[name]), flush=True)
     figures["ratio_wall"] = figures["nabla"]["wall_s_per_problem"] / figures["best_of_n"]["wall_s_per_problem"]

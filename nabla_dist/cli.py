@@ -30,9 +30,7 @@ def _run(args) -> int:
     try:
         summary = experiment.run()
     finally:
-        shutdown = getattr(experiment.runtime, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
+        experiment.runtime.shutdown()
     print(json.dumps(summary, indent=2))
     print(f"results: {cfg.output_dir}/results.jsonl  summary: {cfg.output_dir}/summary.json")
     return 0

@@ -27,17 +27,20 @@ def tiny_tokenizer(tiny_paths):
 def make_policy(tiny_paths, name="policy", **options):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nabla_dist.engines.policy import EngineOptions, PolicyEngine
+    from nabla_dist.engines.policy import PolicyEngine
+    from nabla_dist.engines.spec import PolicySpec
 
     model = AutoModelForCausalLM.from_pretrained(tiny_paths[name])
-    return PolicyEngine(model, AutoTokenizer.from_pretrained(tiny_paths[name]), EngineOptions(**options))
+    spec = PolicySpec(path=str(tiny_paths[name]), **options)
+    return PolicyEngine(model, AutoTokenizer.from_pretrained(tiny_paths[name]), spec)
 
 
 def make_reward(tiny_paths, policy_tokenizer, name="reward", **options):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from nabla_dist.engines.policy import EngineOptions
     from nabla_dist.engines.reward import RewardEngine
+    from nabla_dist.engines.spec import RewardSpec
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_paths[name])
-    return RewardEngine(model, AutoTokenizer.from_pretrained(tiny_paths[name]), policy_tokenizer, EngineOptions(**options))
+    spec = RewardSpec(path=str(tiny_paths[name]), **options)
+    return RewardEngine(model, AutoTokenizer.from_pretrained(tiny_paths[name]), policy_tokenizer, spec)

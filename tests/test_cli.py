@@ -77,12 +77,14 @@ def test_bad_problems_are_recorded_and_the_run_goes_on(tmp_path):
 def test_tokenizer_without_chat_template_is_refused_with_the_fix(tiny_paths):
     from transformers import AutoTokenizer
 
+    from nabla_dist.engines.prompt import PromptEncoder
     from tests.conftest import make_policy
 
     policy = make_policy(tiny_paths)
-    policy.tokenizer = AutoTokenizer.from_pretrained(tiny_paths["tokenizer"])
-    policy.tokenizer.chat_template = None
+    tokenizer = AutoTokenizer.from_pretrained(tiny_paths["tokenizer"])
+    tokenizer.chat_template = None
+    prompts = PromptEncoder(tokenizer, policy.context, policy.stop_token_ids)
     with pytest.raises(ValueError, match="no chat template"):
-        policy.encode_prompt("Compute 1 + 1.")
+        prompts.encode("Compute 1 + 1.")
     with pytest.raises(ValueError, match="empty problem"):
-        policy.encode_prompt("   ")
+        policy.prompts.encode("   ")

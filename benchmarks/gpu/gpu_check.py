@@ -26,13 +26,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from nabla_dist.algorithm.baselines import SampleConfig, best_of_n  # noqa: E402
-from nabla_dist.algorithm.dto import DTOConfig  # noqa: E402
 from nabla_dist.algorithm.nabla import NablaConfig, NablaReasoner  # noqa: E402
 from nabla_dist.algorithm.requests import PolicyGrad, RewardGrad, Rollout, SamplingParams  # noqa: E402
-from nabla_dist.engines.policy import EngineOptions, PolicyEngine  # noqa: E402
+from nabla_dist.engines.policy import PolicyEngine  # noqa: E402
 from nabla_dist.engines.reward import RewardEngine  # noqa: E402
+from nabla_dist.engines.spec import PolicySpec, RewardSpec  # noqa: E402
 from nabla_dist.engines.tiny import build_tokenizer, random_model  # noqa: E402
 from nabla_dist.runtime.local import LocalRuntime  # noqa: E402
+from nabla_dist.runtime.options import RuntimeOptions  # noqa: E402
 
 QUESTION = "Compute ((17 + 25) * 3 - 48) / 6 and explain each step."
 
@@ -43,10 +44,9 @@ def synchronize(device: str) -> None:
 
 
 def engines(shape, tokenizer, device, dtype):
-    options = EngineOptions(device=device)
-    policy = PolicyEngine(random_model(shape, tokenizer, seed=0, dtype=dtype), tokenizer, options)
+    policy = PolicyEngine(random_model(shape, tokenizer, seed=0, dtype=dtype), tokenizer, PolicySpec(), device)
     reward = RewardEngine(random_model(shape, tokenizer, reward=True, seed=1, dtype=dtype), tokenizer, tokenizer,
-                          options, policy_vocab_size=policy.embeddings.shape[0])
+                          RewardSpec(), device, policy_vocab_size=policy.embeddings.shape[0])
     policy.set_reward_embeddings(reward.aligned)
     return policy, reward
 
@@ -59,7 +59,7 @@ def vocab_grad(policy, reward, ids, start):
 
 def gradient_agreement(shape, tokenizer, device) -> dict:
     fp32 = engines(shape, tokenizer, device, torch.float32)
-    prompt = fp32[0].encode_prompt(QUESTION).ids
+    prompt = fp32[0].prompts.encode(QUESTION).ids
     ids = prompt + torch.randint(3, len(tokenizer), (64,), generator=torch.Generator().manual_seed(0)).tolist()
     reference = vocab_grad(*fp32, ids, len(prompt))
     for engine in fp32:
@@ -96,7 +96,7 @@ def grad_throughput(policy, batch, length, peak_tflops, device) -> dict:
 
 
 def rollout_throughput(policy, batch, new_tokens, device) -> dict:
-    prompt = policy.encode_prompt(QUESTION).ids
+    prompt = policy.prompts.encode(QUESTION).ids
     requests = [Rollout(prompt, new_tokens, SamplingParams(0.6, 0.95), seed=b) for b in range(batch)]
     policy.rollout(requests[:1])
     synchronize(device)
@@ -109,12 +109,12 @@ def rollout_throughput(policy, batch, new_tokens, device) -> dict:
 
 
 def methods(policy, reward, problems, new_tokens, in_flight) -> dict:
-    runtime = LocalRuntime(policy, reward, max_batch_size=in_flight)
-    prompts = [runtime.encode_prompt(f"Compute {i} + {2 * i} step by step.") for i in range(problems)]
+    runtime = LocalRuntime(policy, reward, RuntimeOptions(max_batch_size=in_flight))
+    prompts = [runtime.prompts.encode(f"Compute {i} + {2 * i} step by step.") for i in range(problems)]
     out = {}
     factories = {
         "nabla": lambda p, s: NablaReasoner(p, NablaConfig(max_new_tokens=new_tokens, grad_norm_threshold=1e-9,
-                                                           dto=DTOConfig(max_iters=20)), s).run(),
+                                                           max_iters=20), s).run(),
         "best_of_n": lambda p, s: best_of_n(p, SampleConfig(n=8, max_new_tokens=new_tokens), s),
     }
     for name, factory in factories.items():

@@ -10,25 +10,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nabla_dist.algorithm.accounting import Accounting
-from nabla_dist.algorithm.nabla import Program, ProgramOutput, Prompt
+from nabla_dist.algorithm.checks import check
+from nabla_dist.algorithm.program import Candidate, DecodingConfig, Program, ProgramOutput, Prompt
 from nabla_dist.algorithm.requests import Reward, Rollout, SamplingParams
 
 
 @dataclass(frozen=True)
-class SampleConfig:
+class SampleConfig(DecodingConfig):
+    """Self-consistency and Best-of-N: `n` rollouts with the rollout sampler."""
+
     n: int = 8
-    sampling: SamplingParams = SamplingParams(temperature=0.6, top_p=0.95)
-    max_new_tokens: int = 256
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(self.n >= 1, "n", self.n, "use ≥ 1")
 
 
-def _sample(prompt: Prompt, cfg: SampleConfig, seed: int, count: Accounting):
+def _sample(prompt: Prompt, cfg: SampleConfig, seed: int, count: Accounting) -> list[Candidate]:
     """N rollouts from P, sample j seeded by seed + j·1000 (distinct streams per sample)."""
     results = yield [
-        Rollout(prompt.ids, cfg.max_new_tokens, cfg.sampling, seed + 1000 * j) for j in range(cfg.n)
+        Rollout(prompt.ids, cfg.max_new_tokens, cfg.rollout, seed + 1000 * j) for j in range(cfg.n)
     ]
     for result in results:
         count.rollout(result)
-    return results
+    return [Candidate.from_rollout(result) for result in results]
 
 
 def greedy(prompt: Prompt, max_new_tokens: int, seed: int) -> Program:
@@ -40,24 +45,16 @@ def greedy(prompt: Prompt, max_new_tokens: int, seed: int) -> Program:
 
 def self_consistency(prompt: Prompt, cfg: SampleConfig, seed: int) -> Program:
     count = Accounting()
-    results = yield from _sample(prompt, cfg, seed, count)
-    return ProgramOutput(
-        results[0].tokens, results[0].stopped, count, candidates=[r.tokens for r in results]
-    )
+    candidates = yield from _sample(prompt, cfg, seed, count)
+    return ProgramOutput(candidates[0].tokens, candidates[0].stopped, count, candidates)
 
 
 def best_of_n(prompt: Prompt, cfg: SampleConfig, seed: int) -> Program:
     count = Accounting()
-    results = yield from _sample(prompt, cfg, seed, count)
-    scores = yield [Reward(prompt.text, r.tokens) for r in results]
-    for score in scores:
+    candidates = yield from _sample(prompt, cfg, seed, count)
+    scores = yield [Reward(prompt.text, c.tokens) for c in candidates]
+    for candidate, score in zip(candidates, scores):
         count.reward_score(score.tokens)
-    rewards = [s.reward for s in scores]
-    best = max(range(len(results)), key=rewards.__getitem__)  # first of equal maxima
-    return ProgramOutput(
-        results[best].tokens,
-        results[best].stopped,
-        count,
-        candidates=[r.tokens for r in results],
-        candidate_rewards=rewards,
-    )
+        candidate.reward, candidate.reward_tokens = score.reward, score.tokens
+    best = max(range(len(candidates)), key=lambda j: candidates[j].reward)  # first of equal maxima
+    return ProgramOutput(candidates[best].tokens, candidates[best].stopped, count, candidates)

@@ -15,14 +15,22 @@ from typing import Any, Callable, Generator
 import torch
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
+from nabla_dist.algorithm.checks import check
+
 
 @dataclass(frozen=True)
 class DTOConfig:
-    max_iters: int = 20
+    max_iters: int = 20  # Adam steps per optimized position (the paper's MATH-500 script)
     lr: float = 0.01
-    min_lr_ratio: float = 0.1
-    temperature: float = 1.0  # τ of the straight-through softmax
-    grad_caching: bool = True
+    min_lr_ratio: float = 0.1  # floor of the cosine schedule
+    st_temperature: float = 1.0  # τ of the straight-through softmax
+    grad_caching: bool = True  # reuse G while argmax z is unchanged (exact; off for ablations)
+
+    def __post_init__(self):
+        check(self.max_iters >= 1, "max_iters", self.max_iters, "use ≥ 1")
+        check(self.lr > 0, "lr", self.lr, "use > 0")
+        check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio, "use a value in [0, 1]")
+        check(self.st_temperature > 0, "st_temperature", self.st_temperature, "use > 0")
 
 
 @dataclass
@@ -80,7 +88,7 @@ def optimize_position(
             evaluations += 1
         grad = cached_grad
         with torch.no_grad():
-            z.grad = chain_to_latent(grad, z.detach(), head, cfg.temperature)
+            z.grad = chain_to_latent(grad, z.detach(), head, cfg.st_temperature)
         optimizer.step()
         schedule.step()
     with torch.no_grad():

@@ -12,13 +12,15 @@ each optimization makes progress.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Generator
+from dataclasses import dataclass
+from typing import Any, Generator, Optional
 
 import torch
 
 from nabla_dist.algorithm.accounting import Accounting
+from nabla_dist.algorithm.checks import check, check_optional
 from nabla_dist.algorithm.dto import DTOConfig, optimize_position
+from nabla_dist.algorithm.program import DecodingConfig, Program, ProgramOutput, Prompt
 from nabla_dist.algorithm.requests import (
     PolicyGrad,
     Reward,
@@ -29,42 +31,36 @@ from nabla_dist.algorithm.requests import (
 )
 from nabla_dist.algorithm.sampling import make_generator, sample_token
 
-Program = Generator[Any, Any, "ProgramOutput"]
+PARAMETRIZATIONS = ("logits", "latents")
 
 
 @dataclass(frozen=True)
-class Prompt:
-    """One problem as the policy sees it."""
+class NablaConfig(DTOConfig, DecodingConfig):
+    """∇-Reasoner's settings (ALGORITHM.md defaults, the paper's MATH-500 script); the inner
+    loop's (max_iters, lr, …) and the rollout sampler come from the two bases."""
 
-    ids: list[int]  # P: chat-templated prompt, generation prompt added
-    text: str  # the question, for the reward model's own template
-    stop_token_ids: tuple[int, ...]
-
-
-@dataclass
-class ProgramOutput:
-    response_ids: list[int]
-    stopped: bool  # ended by EOS / stop string (False: length limit)
-    count: Accounting
-    candidates: list[list[int]] = field(default_factory=list)  # SC / BoN samples
-    candidate_rewards: list[float] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class NablaConfig:
     parametrization: str = "logits"  # "logits": z ∈ R^V; "latents": z ∈ R^H, logits = W_head z
     lambda_nll: float = 1e-3
     lambda_reward: float = 1.0
-    dto: DTOConfig = DTOConfig()
-    confidence_threshold: float | None = 0.97
-    grad_norm_threshold: float | None = None
-    entropy_threshold: float | None = None
-    rollout: SamplingParams = SamplingParams(temperature=0.6, top_p=0.95)
+    confidence_threshold: Optional[float] = 0.97
+    grad_norm_threshold: Optional[float] = 4.0
+    entropy_threshold: Optional[float] = None
     resample: SamplingParams = SamplingParams(temperature=0.5, top_p=0.95)
     rejection_sampling: bool = True
     max_rollouts: int = 8
-    max_new_tokens: int = 256
-    reuse_selector_grad: bool = True
+    reuse_selector_grad: bool = True  # the inner loop's first gradient is the probe's (exact)
+
+    def __post_init__(self):
+        DTOConfig.__post_init__(self)
+        DecodingConfig.__post_init__(self)
+        check(self.parametrization in PARAMETRIZATIONS, "parametrization", self.parametrization,
+              "use 'logits' or 'latents'")
+        check(self.lambda_nll >= 0, "lambda_nll", self.lambda_nll, "use ≥ 0 (the likelihood term's weight)")
+        check(self.lambda_reward >= 0, "lambda_reward", self.lambda_reward, "use ≥ 0 (the reward term's weight)")
+        check_optional(self.confidence_threshold, "confidence_threshold", lambda v: 0 < v <= 1, "use a value in (0, 1]")
+        check_optional(self.grad_norm_threshold, "grad_norm_threshold", lambda v: v >= 0, "use ≥ 0")
+        check_optional(self.entropy_threshold, "entropy_threshold", lambda v: v >= 0, "use ≥ 0")
+        check(self.max_rollouts >= 1, "max_rollouts", self.max_rollouts, "use ≥ 1")
 
 
 @dataclass
@@ -106,8 +102,6 @@ class NablaReasoner:
     """The program for one problem × repeat; `run()` is the generator a runtime drives."""
 
     def __init__(self, prompt: Prompt, cfg: NablaConfig, seed: int, head: torch.Tensor | None = None):
-        if cfg.parametrization not in ("logits", "latents"):
-            raise ValueError(f"parametrization={cfg.parametrization!r}: use 'logits' or 'latents'")
         if cfg.parametrization == "latents" and head is None:
             raise ValueError("the 'latents' parametrization needs the policy's LM head matrix [V, H]")
         self.prompt, self.cfg, self.seed, self.head = prompt, cfg, seed, head
@@ -210,7 +204,7 @@ class NablaReasoner:
             if first_grad is not None:
                 self.count.reused_first_gradient()
             outcome = yield from optimize_position(
-                ahead.latents[0], ahead.tokens[0], first_grad, self.grad_for_token(ahead), cfg.dto, self.head
+                ahead.latents[0], ahead.tokens[0], first_grad, self.grad_for_token(ahead), cfg, self.head
             )
             self.count.positions_optimized += 1
             self.count.grad_cache_hits += outcome.cache_hits

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from nabla_dist.algorithm.checks import check
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -20,6 +22,11 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+
+    def __post_init__(self):
+        check(self.temperature >= 0, "temperature", self.temperature, "use ≥ 0 (0 = greedy)")
+        check(0 < self.top_p <= 1, "top_p", self.top_p, "use a value in (0, 1]")
+        check(self.top_k >= 0, "top_k", self.top_k, "use ≥ 0 (0 = off)")
 
 
 @dataclass

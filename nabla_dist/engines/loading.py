@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from nabla_dist.engines.spec import DTYPES
 from nabla_dist.engines.tiny import build_tiny_suite
 
 TOY_DIR = Path(__file__).resolve().parents[1] / "assets" / "toy"
 TOY_MODELS = ("policy", "reward")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 transformers.utils.logging.disable_progress_bar()
 
 
@@ -80,42 +80,35 @@ def load_tokenizer(path: str):
     return _load(AutoTokenizer, path, "tokenizer")
 
 
-def load_causal_lm(path: str, dtype: str = "float32"):
+def model_config(path: str):
+    """The model's config from its files, no weights (the text part of a multimodal config)."""
+    config = _load(AutoConfig, path, "model config")
+    return getattr(config, "text_config", None) or config
+
+
+def generation_config(path: str):
+    """The generation config a loaded model would carry: its file, else one from the model config."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(resolve_path(path))
+    except OSError:
+        return GenerationConfig.from_model_config(_load(AutoConfig, path, "model config"))
+
+
+def _torch_dtype(dtype: str) -> torch.dtype:
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)}")
-    return _load(AutoModelForCausalLM, path, "policy model", dtype=DTYPES[dtype])
+        raise ValueError(f"dtype={dtype!r}: choose one of {list(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def load_causal_lm(path: str, dtype: str = "float32"):
+    return _load(AutoModelForCausalLM, path, "policy model", dtype=_torch_dtype(dtype))
 
 
 def load_reward_model(path: str, dtype: str = "float32"):
     """A one-output sequence classifier. A head missing from the checkpoint (a reward head
     on a plain LM backbone) is initialized from a fixed seed, so runs stay reproducible."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r}: choose one of {sorted(DTYPES)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return _load(AutoModelForSequenceClassification, path, "reward model", dtype=DTYPES[dtype], num_labels=1)
-
-
-def build_reward_engine(
-    path: str,
-    policy_tokenizer,
-    options,
-    *,
-    kind: str = "classifier",
-    tokenizer: str | None = None,
-    dtype: str = "float32",
-    verdict: str = "yes",
-    policy_vocab_size: int | None = None,
-):
-    """The reward engine for `kind`: "classifier" (RewardEngine) or "verifier"."""
-    from nabla_dist.engines.reward import RewardEngine
-    from nabla_dist.engines.verifier import GenerativeVerifierEngine
-
-    reward_tokenizer = load_tokenizer(tokenizer or path)
-    if kind == "verifier":
-        return GenerativeVerifierEngine(load_causal_lm(path, dtype), reward_tokenizer, policy_tokenizer, options,
-                                        policy_vocab_size=policy_vocab_size, verdict=verdict)
-    if kind != "classifier":
-        raise ValueError(f"reward kind={kind!r}: use 'classifier' or 'verifier'")
-    return RewardEngine(load_reward_model(path, dtype), reward_tokenizer, policy_tokenizer, options,
-                        policy_vocab_size=policy_vocab_size)
+        return _load(AutoModelForSequenceClassification, path, "reward model", dtype=_torch_dtype(dtype), num_labels=1)

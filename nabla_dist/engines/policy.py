@@ -11,60 +11,63 @@ aligned reward embedding matrix.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 
-from nabla_dist.algorithm.nabla import Prompt
 from nabla_dist.algorithm.requests import PolicyGrad, PolicyGradResult, Rollout, RolloutResult
 from nabla_dist.algorithm.sampling import make_generator, sample_tokens
+from nabla_dist.engines.batch import pad_rows, positions_from_mask
 from nabla_dist.engines.prefix_cache import PrefixCache, forward_after_prefixes, stack_prefixes
 from nabla_dist.engines.projection import AheadGrads, VocabProjection
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    device: str = "cpu"
-    autocast_bf16: bool = False  # bf16 autocast for forward/backward (fp32 projections)
-    norm_chunk: int = 64  # most positions per product with the [V, H] embedding matrices
-    prefix_cache: int = 64  # prefixes whose KV is kept for gradient passes (0: recompute all)
-    lazy_probe: bool = True  # norm probe: project windows of candidates (False: every position first)
-
-
-def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that ignore left padding: 0 at each row's first real token."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+from nabla_dist.engines.prompt import PromptEncoder
+from nabla_dist.engines.spec import PolicySpec
 
 
 class PolicyEngine:
-    def __init__(self, model, tokenizer, options: EngineOptions = EngineOptions(), stop_strings=()):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        spec: PolicySpec = PolicySpec(),
+        device: str = "cpu",
+        stop_strings=(),
+        *,
+        whole_embeddings: torch.Tensor | None = None,
+        whole_head: torch.Tensor | None = None,
+        sync_logits: bool = False,
+    ):
+        """`model` may be a sharded module (engines/sharding.py); then the caller passes what
+        sharding splits and the engine reads whole: `whole_embeddings` [V, H] (ZeRO-3 leaves
+        each rank a slice), `whole_head` [V, H] (for the `latents` parametrization), and
+        `sync_logits`: every rank samples from rank 0's logits, so all ranks take the same
+        tokens and stop at the same step (the same collectives follow)."""
         if tokenizer.pad_token_id is None:
             raise ValueError(
                 f"policy tokenizer {tokenizer.name_or_path!r} has no pad token; set one "
                 "(e.g. tokenizer.pad_token = tokenizer.eos_token) before building the engine"
             )
-        self.model = model.to(options.device).eval().requires_grad_(False)
+        self.model = model.to(device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        self.options = options
-        self.device = torch.device(options.device)
+        self.spec = spec
+        self.device = torch.device(device)
         self.stop_strings = tuple(stop_strings)
-        self.stop_token_ids = tuple(
-            sorted({tokenizer.eos_token_id, *_as_list(getattr(model.generation_config, "eos_token_id", None))} - {None})
-        )
-        self.context = getattr(model.config, "max_position_embeddings", None) or 10**9
+        self.prompts = PromptEncoder.for_model(tokenizer, model.config, model.generation_config)
+        self.stop_token_ids, self.context = self.prompts.stop_token_ids, self.prompts.context
+        self._whole_embeddings, self._whole_head, self._sync_logits = whole_embeddings, whole_head, sync_logits
         self.reward_embeddings: torch.Tensor | None = None  # [V, H_R], see set_reward_embeddings
-        self.prefix_cache = (
-            PrefixCache(self.model.base_model, options.prefix_cache) if options.prefix_cache > 0 else None
-        )
+        self.prefix_cache = PrefixCache(self.model.base_model, spec.prefix_cache) if spec.prefix_cache > 0 else None
 
     # -- shapes and shared matrices ---------------------------------------------------
     @property
     def embeddings(self) -> torch.Tensor:
+        if self._whole_embeddings is not None:
+            return self._whole_embeddings
         return self.model.get_input_embeddings().weight  # [V, H]
 
     def head_matrix(self) -> torch.Tensor:
         """W_head [V, H] (fp32, CPU) for the `latents` parametrization."""
-        return self.model.get_output_embeddings().weight.detach().float().cpu()
+        head = self._whole_head if self._whole_head is not None else self.model.get_output_embeddings().weight
+        return head.detach().float().cpu()
 
     def set_reward_embeddings(self, aligned: torch.Tensor) -> None:
         """The reward model's input embeddings re-indexed by policy token id: [V, H_R]."""
@@ -75,29 +78,9 @@ class PolicyEngine:
             )
         self.reward_embeddings = aligned.to(self.device, torch.float32)
 
-    def encode_prompt(self, question: str) -> Prompt:
-        """Apply the policy's chat template (generation prompt added); check the context."""
-        if not question or not question.strip():
-            raise ValueError("empty problem text: every problem needs a non-empty question")
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(
-                f"tokenizer {self.tokenizer.name_or_path!r} has no chat template; use an instruct "
-                "model or set tokenizer.chat_template (e.g. a ChatML template) in its tokenizer_config.json"
-            )
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
-        )
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) >= self.context:
-            raise ValueError(
-                f"prompt of {len(ids)} tokens does not fit the policy context of {self.context} tokens; "
-                "shorten the problem or use a model with a longer context"
-            )
-        return Prompt(ids=ids, text=question, stop_token_ids=self.stop_token_ids)
-
     # -- forward pieces -------------------------------------------------------------
     def _autocast(self):
-        if not self.options.autocast_bf16:
+        if not self.spec.autocast_bf16:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
@@ -106,7 +89,11 @@ class PolicyEngine:
         return out.last_hidden_state, out.cache
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.model.get_output_embeddings()(hidden).float()
+        logits = self.model.get_output_embeddings()(hidden).float()
+        if self._sync_logits and not torch.is_grad_enabled():  # rollouts run under no_grad
+            logits = logits.contiguous()
+            torch.distributed.broadcast(logits, src=0)
+        return logits
 
     # -- Rollout ----------------------------------------------------------------------
     @torch.no_grad()
@@ -131,13 +118,8 @@ class PolicyEngine:
         if self.prefix_cache is not None:
             cached = [self.prefix_cache.peek(tuple(r.prompt_ids[:-1])) for r in requests]
         suffixes = [r.prompt_ids[0 if p is None else p.length :] for r, p in zip(requests, cached)]
-        width = max(len(s) for s in suffixes)
-        ids = torch.full((len(requests), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(requests), width), dtype=torch.long)
-        for b, suffix in enumerate(suffixes):
-            ids[b, width - len(suffix) :] = torch.tensor(suffix)
-            mask[b, width - len(suffix) :] = 1
-        ids, mask, cache = ids.to(self.device), mask.to(self.device), None
+        ids, mask = pad_rows(suffixes, self.tokenizer.pad_token_id, left=True, device=self.device)
+        width, cache = ids.shape[1], None
         if any(p is not None for p in cached):
             cache, prefix_mask = stack_prefixes(cached, self.model.base_model.config)
             mask = torch.cat([prefix_mask, mask], dim=1)  # [B, cached + width]
@@ -243,7 +225,7 @@ class PolicyEngine:
                 lambda_reward=r.lambda_reward,
             ))
             offset += m
-        project = VocabProjection(embeddings, self.reward_embeddings, self.options.norm_chunk)
+        project = VocabProjection(embeddings, self.reward_embeddings, self.spec.norm_chunk)
         # (positions, [k, V]) per request: fixed positions, or the first reaching the threshold
         answers = {b: (list(r.positions), None) for b, r in enumerate(requests)}
         fixed = [b for b, r in enumerate(requests) if r.norm_threshold is None and r.positions]
@@ -251,7 +233,7 @@ class PolicyEngine:
             answers[b] = (list(requests[b].positions), grads)
         probed = [b for b, r in enumerate(requests) if r.norm_threshold is not None]
         found = project.first_reaching([(pieces[b], list(requests[b].positions), requests[b].norm_threshold)
-                                        for b in probed], lazy=self.options.lazy_probe)
+                                        for b in probed], lazy=self.spec.lazy_probe)
         answers.update(zip(probed, found))
         results = []
         for b, r in enumerate(requests):
@@ -273,13 +255,7 @@ class PolicyEngine:
         Returns log-probs [N, V] for the N ahead tokens of all rows, their token log-probs
         [N], ∂S/∂(embedding) at each row's ahead positions ([m_b, H] each), tokens run.
         """
-        batch, length = len(requests), max(len(r.ids) for r in requests)
-        ids = torch.full((batch, length), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((batch, length), dtype=torch.long)
-        for b, r in enumerate(requests):
-            ids[b, : len(r.ids)] = torch.tensor(r.ids)
-            mask[b, : len(r.ids)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = pad_rows([r.ids for r in requests], self.tokenizer.pad_token_id, left=False, device=self.device)
         inputs = self.embeddings[ids].detach().requires_grad_(True)  # [batch, T, H]
         # Row b's ahead token i (sequence position s_b + i) is predicted at s_b + i - 1.
         rows = torch.cat([torch.full((len(r.ids) - r.ahead_start,), b) for b, r in enumerate(requests)])
@@ -299,10 +275,8 @@ class PolicyEngine:
         with self._autocast():
             prefixes = self.prefix_cache.get_many(keys, lambda i: embeddings[torch.tensor(keys[i], device=self.device)])
         lengths = [len(r.ids) - r.ahead_start for r in requests]
-        ahead_ids = torch.full((len(requests), max(lengths)), self.tokenizer.pad_token_id, dtype=torch.long)
-        for b, r in enumerate(requests):
-            ahead_ids[b, : lengths[b]] = torch.tensor(r.ids[r.ahead_start :])
-        ahead_ids = ahead_ids.to(self.device)
+        ahead_ids, _ = pad_rows([r.ids[r.ahead_start :] for r in requests], self.tokenizer.pad_token_id,
+                                left=False, device=self.device)
         inputs = embeddings[ahead_ids].detach().requires_grad_(True)  # [batch, A, H]
         with self._autocast():
             hidden = forward_after_prefixes(self.model.base_model, prefixes, inputs, lengths)  # [batch, A, H]
@@ -318,8 +292,3 @@ class PolicyEngine:
         ahead = [grad_inputs[b, :n].float() for b, n in enumerate(lengths)]
         return log_probs.detach(), token_logprob.detach(), ahead, lengths
 
-
-def _as_list(value) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]

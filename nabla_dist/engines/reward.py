@@ -15,8 +15,9 @@ from functools import lru_cache
 import torch
 
 from nabla_dist.algorithm.requests import Reward, RewardGrad, RewardGradResult, RewardResult
-from nabla_dist.engines.policy import EngineOptions, positions_from_mask
+from nabla_dist.engines.batch import pad_rows, positions_from_mask
 from nabla_dist.engines.prefix_cache import PrefixCache, forward_after_prefixes
+from nabla_dist.engines.spec import RewardSpec
 
 log = logging.getLogger(__name__)
 PLACEHOLDER = "<<nabla-dist-answer>>"
@@ -39,32 +40,83 @@ def split_template(tokenizer, conversation: str) -> tuple[list[int], list[int]]:
     return encode(prefix), encode(postfix)
 
 
+def check_chat_template(tokenizer) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"reward tokenizer {tokenizer.name_or_path!r} has no chat template; set "
+            "tokenizer.chat_template so the response can be placed in its conversation format"
+        )
+
+
+def alignment_index(reward_tokenizer, policy_tokenizer, size: int | None = None,
+                    reward_rows: int | None = None) -> torch.Tensor:
+    """[size] reward token id of each policy token id, by token string; tokens the reward
+    tokenizer lacks map to its pad token. `size`: rows of the policy's embedding matrix when
+    it exceeds its tokenizer (padded vocabularies); `reward_rows`: rows of the reward's
+    (default: its tokenizer's length). Refuses tokenizers that share too little: the check
+    runs on tokenizers alone, before any model loads."""
+    policy_vocab, reward_vocab = policy_tokenizer.get_vocab(), reward_tokenizer.get_vocab()
+    size = max(len(policy_tokenizer), max(policy_vocab.values()) + 1, size or 0)
+    pad = reward_tokenizer.pad_token_id
+    if pad is None:
+        pad = reward_tokenizer.eos_token_id if policy_vocab == reward_vocab else None
+    if pad is None:
+        raise ValueError(
+            f"reward tokenizer {reward_tokenizer.name_or_path!r} has no pad token to map tokens it "
+            "lacks to; set its pad_token"
+        )
+    index = torch.full((size,), pad, dtype=torch.long)
+    if policy_vocab == reward_vocab:
+        rows = min(size, reward_rows or len(reward_tokenizer))
+        index[:rows] = torch.arange(rows)
+        return index
+    found = 0
+    for token, policy_id in policy_vocab.items():
+        reward_id = reward_vocab.get(token)
+        if reward_id is not None:
+            index[policy_id] = reward_id
+            found += 1
+    share = found / len(policy_vocab)
+    if share < MIN_ALIGNED_SHARE:
+        raise ValueError(
+            f"reward tokenizer {reward_tokenizer.name_or_path!r} shares only {share:.0%} of the policy's "
+            f"token strings (need ≥ {MIN_ALIGNED_SHARE:.0%}); use a reward model from the policy's "
+            "tokenizer family"
+        )
+    log.warning(
+        "reward tokenizer differs from the policy's: aligned %d of %d policy tokens by string, "
+        "the other %d map to the reward pad token",
+        found, len(policy_vocab), len(policy_vocab) - found,
+    )
+    return index
+
+
 class RewardEngine:
     def __init__(
         self,
         model,
         tokenizer,
         policy_tokenizer,
-        options: EngineOptions = EngineOptions(),
+        spec: RewardSpec = RewardSpec(),
+        device: str = "cpu",
         policy_vocab_size: int | None = None,
+        *,
+        whole_embeddings: torch.Tensor | None = None,
     ):
         """`policy_vocab_size`: rows of the policy's embedding matrix when it exceeds its
-        tokenizer (padded vocabularies); the extra rows map to the reward pad token."""
+        tokenizer (padded vocabularies); the extra rows map to the reward pad token.
+        `model` may be a sharded module; `whole_embeddings` [V_R, H_R] is then its input
+        embedding table taken before sharding (ZeRO-3 leaves each rank a slice)."""
         self.check_model(model)
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                f"reward tokenizer {tokenizer.name_or_path!r} has no chat template; set "
-                "tokenizer.chat_template so the response can be placed in its conversation format"
-            )
-        self.model = model.to(options.device).eval().requires_grad_(False)
+        check_chat_template(tokenizer)
+        self.model = model.to(device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
-        self.options = options
-        self.device = torch.device(options.device)
+        self.spec = spec
+        self.device = torch.device(device)
+        self._whole_embeddings = whole_embeddings
         self.aligned = self.aligned_embeddings(policy_tokenizer, policy_vocab_size).to(self.device)  # [V_policy, H_R]
         self._split = lru_cache(maxsize=4096)(self._split_template)
-        self.prefix_cache = (
-            PrefixCache(self.model.base_model, options.prefix_cache) if options.prefix_cache > 0 else None
-        )
+        self.prefix_cache = PrefixCache(self.model.base_model, spec.prefix_cache) if spec.prefix_cache > 0 else None
 
     # -- what a kind of reward model defines (see verifier.py for another) ----------------
     def check_model(self, model) -> None:
@@ -85,45 +137,15 @@ class RewardEngine:
 
     @property
     def embeddings(self) -> torch.Tensor:
+        if self._whole_embeddings is not None:
+            return self._whole_embeddings
         return self.model.get_input_embeddings().weight  # [V_R, H_R]
 
     def aligned_embeddings(self, policy_tokenizer, policy_vocab_size: int | None = None) -> torch.Tensor:
         """[V_policy, H_R]: the reward embedding of each policy token's string."""
         embeddings = self.embeddings.detach()
-        policy_vocab, reward_vocab = policy_tokenizer.get_vocab(), self.tokenizer.get_vocab()
-        size = max(len(policy_tokenizer), max(policy_vocab.values()) + 1, policy_vocab_size or 0)
-        pad = self.tokenizer.pad_token_id
-        if pad is None:
-            pad = self.tokenizer.eos_token_id if policy_vocab == reward_vocab else None
-        if pad is None:
-            raise ValueError(
-                f"reward tokenizer {self.tokenizer.name_or_path!r} has no pad token to map tokens it "
-                "lacks to; set its pad_token"
-            )
-        index = torch.full((size,), pad, dtype=torch.long)
-        if policy_vocab == reward_vocab:
-            rows = min(size, embeddings.shape[0])
-            index[:rows] = torch.arange(rows)
-            return embeddings[index].clone()
-        found = 0
-        for token, policy_id in policy_vocab.items():
-            reward_id = reward_vocab.get(token)
-            if reward_id is not None:
-                index[policy_id] = reward_id
-                found += 1
-        share = found / len(policy_vocab)
-        if share < MIN_ALIGNED_SHARE:
-            raise ValueError(
-                f"reward tokenizer {self.tokenizer.name_or_path!r} shares only {share:.0%} of the policy's "
-                f"token strings (need ≥ {MIN_ALIGNED_SHARE:.0%}); use a reward model from the policy's "
-                "tokenizer family"
-            )
-        log.warning(
-            "reward tokenizer differs from the policy's: aligned %d of %d policy tokens by string, "
-            "the other %d map to the reward pad token",
-            found, len(policy_vocab), len(policy_vocab) - found,
-        )
-        return embeddings[index].clone()
+        index = alignment_index(self.tokenizer, policy_tokenizer, policy_vocab_size, embeddings.shape[0])
+        return embeddings[index.to(embeddings.device)].clone()
 
     def _split_template(self, question: str) -> tuple[list[int], list[int]]:
         return split_template(self.tokenizer, self.conversation(question))
@@ -140,16 +162,11 @@ class RewardEngine:
         )  # [T, H_R]
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.options.autocast_bf16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.spec.autocast_bf16)
 
     def _score(self, sequences: list[torch.Tensor]) -> torch.Tensor:
         """Left-pad embedded sequences and score them: [batch]."""
-        length, hidden = max(len(s) for s in sequences), sequences[0].shape[1]
-        inputs = sequences[0].new_zeros((len(sequences), length, hidden))
-        mask = torch.zeros((len(sequences), length), dtype=torch.long, device=self.device)
-        for b, seq in enumerate(sequences):
-            inputs[b, length - len(seq) :] = seq
-            mask[b, length - len(seq) :] = 1
+        inputs, mask = pad_rows(sequences, 0.0, left=True)
         with self._autocast():
             hidden = self.model.base_model(
                 inputs_embeds=inputs, attention_mask=mask, position_ids=positions_from_mask(mask)
@@ -186,10 +203,7 @@ class RewardEngine:
             prefixes = self.prefix_cache.get_many(keys, lambda i: sequences[i][: splits[i]])
         suffixes = [sequence[split:] for sequence, split in zip(sequences, splits)]
         lengths = [len(x) for x in suffixes]
-        inputs = suffixes[0].new_zeros((len(requests), max(lengths), suffixes[0].shape[1]))
-        for b, x in enumerate(suffixes):
-            inputs[b, : len(x)] = x
-        inputs.requires_grad_(True)
+        inputs = pad_rows(suffixes, 0.0, left=False)[0].detach().requires_grad_(True)
         with torch.enable_grad(), self._autocast():
             hidden = forward_after_prefixes(self.model.base_model, prefixes, inputs, lengths)
             last = hidden[torch.arange(len(requests)), torch.tensor(lengths) - 1]  # right padding

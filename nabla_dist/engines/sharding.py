@@ -59,7 +59,7 @@ def shard_model(model: torch.nn.Module, sharding: str, world_size: int) -> torch
     if sharding == "none" or world_size == 1:
         return model
     if sharding == "autotp":
-        _check_autotp_divides_heads(model, world_size)
+        check_autotp_divides_heads(model.config, world_size)
     join_group(world_size)
     import deepspeed
 
@@ -106,21 +106,22 @@ def full_weight(layer: torch.nn.Module) -> torch.Tensor:
     return weight.detach()
 
 
-def _check_autotp_divides_heads(model: torch.nn.Module, world_size: int) -> None:
-    config = getattr(model, "config", None)
+def check_autotp_divides_heads(config, world_size: int, key: str = "world_size") -> None:
+    """AutoTP splits attention heads over ranks: `world_size` must divide the head counts of
+    `config` (a model config; `key` names the setting in the message). Needs no weights."""
     config = getattr(config, "text_config", None) or config
     heads = getattr(config, "num_attention_heads", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     if heads is None:
         raise ValueError(
-            f"autotp needs the model config's num_attention_heads to check world_size "
-            f"{world_size}, and {type(config).__name__} has none; use sharding='zero3'."
+            f"autotp needs the model config's num_attention_heads to check {key}={world_size}, and "
+            f"{type(config).__name__} has none; use sharding='zero3'."
         )
     for name, count in (("num_attention_heads", heads), ("num_key_value_heads", kv_heads)):
         if count % world_size:
             divisors = [d for d in range(1, count + 1) if heads % d == 0 and kv_heads % d == 0]
             raise ValueError(
-                f"autotp world_size {world_size} does not divide the model's {name} ({count}); "
+                f"autotp {key} {world_size} does not divide the model's {name} ({count}); "
                 f"use a tensor-parallel size in {divisors}, or sharding='zero3'."
             )
 

@@ -18,17 +18,23 @@ PROMPT = (
 )
 
 
+def verdict_token_id(tokenizer, verdict: str) -> int:
+    """The one token of `verdict`; refuses a word the tokenizer splits."""
+    ids = tokenizer(verdict, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(
+            f"reward.verdict={verdict!r} is {len(ids)} tokens for {tokenizer.name_or_path!r}; "
+            "choose a verdict word that is a single token (e.g. 'yes' or 'Yes')"
+        )
+    return ids[0]
+
+
 class GenerativeVerifierEngine(RewardEngine):
-    def __init__(self, *args, verdict: str = "yes", **kwargs):
-        self.verdict = verdict
+    """A RewardEngine whose model is a causal LM; the verdict word is `spec.verdict`."""
+
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        ids = self.tokenizer(verdict, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise ValueError(
-                f"verdict {verdict!r} is {len(ids)} tokens for {self.tokenizer.name_or_path!r}; "
-                "choose a verdict word that is a single token (e.g. 'yes' or 'Yes')"
-            )
-        self.verdict_id = ids[0]
+        self.verdict_id = verdict_token_id(self.tokenizer, self.spec.verdict)
 
     def check_model(self, model) -> None:
         if model.get_output_embeddings() is None:

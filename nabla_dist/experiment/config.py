@@ -2,185 +2,59 @@
 
 `load_config(experiment, overrides)` merges, in order: these defaults, `configs/<experiment>.yaml`
 (or a YAML path), then `a.b=c` overrides. Unknown keys and wrong types are refused by
-OmegaConf; ranges are checked in `__post_init__` with the value and the fix named.
+OmegaConf; ranges are checked by each section's own dataclass, and the error names the
+full key (`method.rollout.top_p=2.0 is invalid: …`).
+
+Each setting is defined once, in the layer that uses it (the way verl composes typed
+configs): `method` is ∇-Reasoner's `NablaConfig` and the baselines' `SampleConfig`
+(algorithm/), `policy` / `reward` are the engines' `PolicySpec` / `RewardSpec`
+(engines/spec.py), `runtime` is `RuntimeOptions` (runtime/options.py). Only what no lower
+layer reads lives here: the method's name, stop strings, data, W&B and where results go.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nabla_dist.algorithm.baselines import SampleConfig
-from nabla_dist.algorithm.dto import DTOConfig
+from nabla_dist.algorithm.checks import InvalidSetting, check
 from nabla_dist.algorithm.nabla import NablaConfig
-from nabla_dist.algorithm.requests import SamplingParams
-from nabla_dist.engines.policy import EngineOptions
+from nabla_dist.engines.spec import PolicySpec, RewardSpec
 from nabla_dist.experiment.data import DataConfig
-from nabla_dist.runtime.scheduler import DEFAULT_PATIENCE
+from nabla_dist.runtime.options import RuntimeOptions
 
+log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 METHODS = ("nabla", "greedy", "self_consistency", "best_of_n")
-RUNTIMES = ("local", "ray")
+# Keys of earlier versions: (the new key, or None when the key had no effect and is gone; why)
+LEGACY_KEYS = {
+    "reward.lazy_probe": (None, "the reward engine has no gradient-norm probe; policy.lazy_probe is the switch"),
+}
 
 
 class ConfigError(ValueError):
     pass
 
 
-def _check(ok: bool, key: str, value, fix: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: {fix}")
+@dataclass(frozen=True)
+class MethodConfig(NablaConfig, SampleConfig):
+    """`name` picks the program; ∇-Reasoner reads the NablaConfig fields, self-consistency
+    and Best-of-N the SampleConfig ones (`n`, `rollout`, `max_new_tokens`), greedy only
+    `max_new_tokens`."""
 
-
-@dataclass
-class SamplingConfig:
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 0
-
-    def __post_init__(self):
-        _check(self.temperature >= 0, "temperature", self.temperature, "use ≥ 0 (0 = greedy)")
-        _check(0 < self.top_p <= 1, "top_p", self.top_p, "use a value in (0, 1]")
-        _check(self.top_k >= 0, "top_k", self.top_k, "use ≥ 0 (0 = off)")
-
-    def params(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_p, self.top_k)
-
-
-@dataclass
-class MethodConfig:
     name: str = "nabla"
-    max_new_tokens: int = 256
-    stop: List[str] = field(default_factory=list)
-    # self_consistency / best_of_n
-    n: int = 8
-    # ∇-Reasoner (defaults of ALGORITHM.md, MATH-500 script)
-    parametrization: str = "logits"
-    lambda_nll: float = 1e-3
-    lambda_reward: float = 1.0
-    max_iters: int = 20
-    lr: float = 0.01
-    min_lr_ratio: float = 0.1
-    st_temperature: float = 1.0
-    confidence_threshold: Optional[float] = 0.97
-    grad_norm_threshold: Optional[float] = 4.0
-    entropy_threshold: Optional[float] = None
-    rollout: SamplingConfig = field(default_factory=SamplingConfig)
-    resample: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.5))
-    rejection_sampling: bool = True
-    max_rollouts: int = 8
-    grad_caching: bool = True
-    reuse_selector_grad: bool = True
+    stop: List[str] = field(default_factory=list)  # stop strings, trimmed from responses
 
     def __post_init__(self):
-        _check(self.name in METHODS, "method.name", self.name, f"choose one of {METHODS}")
-        _check(self.max_new_tokens >= 1, "method.max_new_tokens", self.max_new_tokens, "use ≥ 1")
-        _check(self.n >= 1, "method.n", self.n, "use ≥ 1")
-        _check(self.parametrization in ("logits", "latents"), "method.parametrization",
-               self.parametrization, "use 'logits' or 'latents'")
-        _check(self.max_iters >= 1, "method.max_iters", self.max_iters, "use ≥ 1")
-        _check(self.lr > 0, "method.lr", self.lr, "use > 0")
-        _check(0 <= self.min_lr_ratio <= 1, "method.min_lr_ratio", self.min_lr_ratio, "use a value in [0, 1]")
-        _check(self.st_temperature > 0, "method.st_temperature", self.st_temperature, "use > 0")
-        _check(self.confidence_threshold is None or 0 < self.confidence_threshold <= 1,
-               "method.confidence_threshold", self.confidence_threshold, "use a value in (0, 1] or null")
-        _check(self.max_rollouts >= 1, "method.max_rollouts", self.max_rollouts, "use ≥ 1")
-
-    def nabla(self) -> NablaConfig:
-        return NablaConfig(
-            parametrization=self.parametrization,
-            lambda_nll=self.lambda_nll,
-            lambda_reward=self.lambda_reward,
-            dto=DTOConfig(self.max_iters, self.lr, self.min_lr_ratio, self.st_temperature, self.grad_caching),
-            confidence_threshold=self.confidence_threshold,
-            grad_norm_threshold=self.grad_norm_threshold,
-            entropy_threshold=self.entropy_threshold,
-            rollout=self.rollout.params(),
-            resample=self.resample.params(),
-            rejection_sampling=self.rejection_sampling,
-            max_rollouts=self.max_rollouts,
-            max_new_tokens=self.max_new_tokens,
-            reuse_selector_grad=self.reuse_selector_grad,
-        )
-
-    def sample(self) -> SampleConfig:
-        return SampleConfig(n=self.n, sampling=self.rollout.params(), max_new_tokens=self.max_new_tokens)
-
-
-@dataclass
-class ModelConfig:
-    path: str = "tiny:policy"
-    tokenizer: Optional[str] = None  # default: the model's own directory
-    dtype: str = "float32"
-    autocast_bf16: bool = False
-    # Gradient passes: keys/values of the fixed prefix (prompt + committed tokens) computed
-    # once and kept for this many prefixes (least recently used dropped); the policy's
-    # regenerations prefill only their forced token on them. 0 recomputes the whole
-    # sequence every pass (the naive path, for ablations). Exact either way.
-    prefix_cache: int = 64
-    # Policy only: the gradient-norm probe projects its candidates to vocabulary space a
-    # window at a time (1, 2, 4, …) and stops at the first reaching the threshold; false
-    # projects every ahead position first, as the reference implementation does.
-    lazy_probe: bool = True
-
-    def __post_init__(self):
-        _check(self.dtype in ("float32", "bfloat16", "float16"), "dtype", self.dtype,
-               "use float32, bfloat16 or float16")
-        _check(self.prefix_cache >= 0, "prefix_cache", self.prefix_cache, "use ≥ 0 (0 turns the prefix KV off)")
-
-    def engine_options(self, device: str) -> EngineOptions:
-        return EngineOptions(device, self.autocast_bf16, prefix_cache=self.prefix_cache, lazy_probe=self.lazy_probe)
-
-
-REWARD_KINDS = ("classifier", "verifier")
-
-
-@dataclass
-class RewardConfig(ModelConfig):
-    """`kind`: a sequence classifier with one output, or a generative verifier (a causal
-    LM judging the solution; reward = log p(`verdict`), see engines/verifier.py)."""
-
-    path: str = "tiny:reward"
-    kind: str = "classifier"
-    verdict: str = "yes"
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check(self.kind in REWARD_KINDS, "reward.kind", self.kind, f"choose one of {REWARD_KINDS}")
-
-
-@dataclass
-class RuntimeConfig:
-    kind: str = "local"
-    device: str = "cpu"
-    max_batch_size: int = 16
-    max_in_flight: int = 16  # problem programs running at once
-    # Serve the request type with the most pending requests first (so ∇-Reasoner's rollouts
-    # gather into full batches); a type passed over this many times in a row goes next.
-    # null: every pending type each round. Speed only: answers never depend on batching.
-    batch_patience: Optional[int] = DEFAULT_PATIENCE
-    address: Optional[str] = None  # ray: None starts a local loopback cluster; "auto" joins
-    num_cpus: Optional[int] = None
-    # ray replicas (runtime/ray_runtime.py checks them against the model and the cluster)
-    policy_replicas: int = 1
-    reward_replicas: int = 1
-    tp_size: int = 1  # ranks (GPUs) per policy replica, one torch.distributed group
-    reward_tp_size: int = 1
-    sharding: str = "none"  # none | autotp | zero3 (never DeepSpeed init_inference: wrong gradients)
-    gpus_per_actor: float = 0.0  # 1 on a GPU cluster
-    cpus_per_actor: float = 1.0
-    max_restarts: int = 3  # rebuilds of one replica before it is retired
-
-    def __post_init__(self):
-        _check(self.kind in RUNTIMES, "runtime.kind", self.kind, f"choose one of {RUNTIMES}")
-        _check(self.max_batch_size >= 1, "runtime.max_batch_size", self.max_batch_size, "use ≥ 1")
-        _check(self.max_in_flight >= 1, "runtime.max_in_flight", self.max_in_flight, "use ≥ 1")
-        _check(self.batch_patience is None or self.batch_patience >= 0, "runtime.batch_patience",
-               self.batch_patience, "use ≥ 0, or null to serve every pending type each round")
+        NablaConfig.__post_init__(self)
+        SampleConfig.__post_init__(self)
+        check(self.name in METHODS, "name", self.name, f"choose one of {', '.join(METHODS)}")
 
 
 @dataclass
@@ -194,8 +68,7 @@ class WandbConfig:
     tags: List[str] = field(default_factory=list)
 
     def __post_init__(self):
-        _check(self.mode in ("disabled", "offline", "online"), "wandb.mode", self.mode,
-               "use disabled, offline or online")
+        check(self.mode in ("disabled", "offline", "online"), "mode", self.mode, "use disabled, offline or online")
 
 
 @dataclass
@@ -203,24 +76,49 @@ class ExperimentConfig:
     seed: int = 0
     output_dir: str = "runs/default"
     data: DataConfig = field(default_factory=DataConfig)
-    policy: ModelConfig = field(default_factory=ModelConfig)
-    reward: Optional[RewardConfig] = field(default_factory=RewardConfig)
+    policy: PolicySpec = field(default_factory=PolicySpec)
+    reward: Optional[RewardSpec] = field(default_factory=RewardSpec)
     method: MethodConfig = field(default_factory=MethodConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
-def experiment_file(experiment: str) -> Path:
-    path = Path(experiment)
+def yaml_file(name: str, folder: Path, what: str) -> Path:
+    """A YAML path as given, or `<folder>/<name>.yaml` for a bare name (`what`: for messages)."""
+    path = Path(name)
     if path.suffix in (".yaml", ".yml"):
         if not path.exists():
-            raise ConfigError(f"experiment file {experiment!r} does not exist")
+            raise ConfigError(f"{what} file {name!r} does not exist")
         return path
-    path = CONFIG_DIR / f"{experiment}.yaml"
+    path = folder / f"{name}.yaml"
     if not path.exists():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown experiment {experiment!r}: no {path}; known: {known}")
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(f"unknown {what} {name!r}: no {path}; known: {known}")
     return path
+
+
+def experiment_file(experiment: str) -> Path:
+    return yaml_file(experiment, CONFIG_DIR, "experiment")
+
+
+def upgrade_keys(node: DictConfig, where: str, strict: bool = True) -> DictConfig:
+    """Map keys of earlier versions (LEGACY_KEYS) onto today's. A key that had no effect is
+    refused with the reason (`strict`, a user's file or override) or dropped (a saved run)."""
+    for old, (new, why) in LEGACY_KEYS.items():
+        section, _, key = old.rpartition(".")
+        parent = OmegaConf.select(node, section) if section else node
+        if not isinstance(parent, DictConfig) or key not in parent:
+            continue
+        if new is not None:
+            value = parent.pop(key)
+            OmegaConf.update(node, new, value, force_add=True)
+            log.warning("%s: %s is now %s", where, old, new)
+        elif strict:
+            raise ConfigError(f"{where}: {old} no longer exists ({why}); delete it")
+        else:
+            parent.pop(key)
+    return node
+
 
 
 def load_config(experiment: str | None = "default", overrides: list[str] = ()) -> ExperimentConfig:
@@ -228,15 +126,41 @@ def load_config(experiment: str | None = "default", overrides: list[str] = ()) -
     try:
         cfg = OmegaConf.structured(ExperimentConfig)
         if experiment:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(experiment_file(experiment)))
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-        return OmegaConf.to_object(cfg)
+            path = experiment_file(experiment)
+            cfg = OmegaConf.merge(cfg, upgrade_keys(OmegaConf.load(path), str(path)))
+        cfg = OmegaConf.merge(cfg, upgrade_keys(OmegaConf.from_dotlist(list(overrides)), "override"))
+        return build(cfg)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
         message = (getattr(error, "msg", None) or str(error)).split("\n")[0]
         raise ConfigError(f"bad configuration key {key!r}: {message}") from error
-    except ValueError as error:  # __post_init__ checks of nested configs
+    except InvalidSetting as error:
         raise ConfigError(str(error)) from error
+    except ValueError as error:  # DataConfig's own checks
+        raise ConfigError(str(error)) from error
+
+
+def build(cfg: DictConfig) -> ExperimentConfig:
+    """The typed config from a merged tree; a section's range error names its full key."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except InvalidSetting as error:
+        raise error.under(_failing_section(cfg) or "") from error
+
+
+def _failing_section(node: DictConfig, path: str = "") -> str | None:
+    """The deepest section whose dataclass refuses its values (checked children first)."""
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none():
+            found = _failing_section(child, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    try:
+        OmegaConf.to_object(node)
+    except InvalidSetting:
+        return path
+    return None
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

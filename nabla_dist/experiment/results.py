@@ -15,8 +15,8 @@ Resume: a new session with the same output directory must compute what the first
 have, so its config may differ from the saved one only in keys that cannot change a
 result (`RESULT_NEUTRAL`): where files go, how the work is served (`runtime.*`: kind,
 device, batch sizes — batching can move floating-point results in the last bits, we
-accept that; likewise `*.prefix_cache` and `*.lazy_probe`, exact accelerations of the
-gradient pass), how it is logged (`wandb.*`), and how many problems and repeats are asked
+accept that; likewise `*.prefix_cache`, `policy.lazy_probe` and `policy.norm_chunk`, exact accelerations
+of the gradient pass), how it is logged (`wandb.*`), and how many problems and repeats are asked
 for (`data.limit`, `data.repeats`: each problem × repeat has its own seed, so growing
 either only adds work, and the summary covers what the current config asks for).
 """
@@ -35,7 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 log = logging.getLogger(__name__)
 
 RESULT_NEUTRAL = ("output_dir", "runtime.*", "wandb.*", "data.limit", "data.repeats", "policy.prefix_cache",
-                  "reward.prefix_cache", "policy.lazy_probe", "reward.lazy_probe")
+                  "reward.prefix_cache", "policy.lazy_probe", "policy.norm_chunk")
 
 
 def result_key(record: dict) -> tuple[str, int, str]:

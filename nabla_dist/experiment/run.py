@@ -14,13 +14,12 @@ import time
 import zlib
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from nabla_dist.algorithm.baselines import best_of_n, greedy, self_consistency
-from nabla_dist.algorithm.nabla import NablaReasoner, ProgramOutput, Prompt
-from nabla_dist.engines.loading import build_reward_engine, load_causal_lm, load_tokenizer
-from nabla_dist.engines.policy import PolicyEngine
-from nabla_dist.experiment.config import ConfigError, ExperimentConfig, to_yaml
+from nabla_dist.algorithm.program import Candidate, ProgramOutput
+from nabla_dist.experiment.build import build_runtime, make_program
+from nabla_dist.experiment.config import ConfigError, ExperimentConfig, to_yaml, upgrade_keys
 from nabla_dist.experiment.data import Problem, load_problems
 from nabla_dist.experiment.grading import extract_answer, is_equivalent
 from nabla_dist.experiment.rescore import RESCORABLE, decide
@@ -35,7 +34,7 @@ from nabla_dist.experiment.results import (
 )
 from nabla_dist.experiment.summary import summarize_results
 from nabla_dist.experiment.tracking import Tracker
-from nabla_dist.runtime.local import LocalRuntime
+from nabla_dist.runtime.interface import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -43,47 +42,6 @@ log = logging.getLogger(__name__)
 def problem_seed(seed: int, problem_id: str, repeat: int) -> int:
     """Each problem × repeat has its own seed, independent of order, limit and shuffling."""
     return zlib.crc32(f"{seed}:{problem_id}:{repeat}".encode()) % (2**31 - 2**20)
-
-
-def needs_reward(cfg: ExperimentConfig) -> bool:
-    m = cfg.method
-    return m.name == "best_of_n" or (m.name == "nabla" and (m.lambda_reward != 0 or m.rejection_sampling))
-
-
-def build_local_runtime(cfg: ExperimentConfig) -> LocalRuntime:
-    tokenizer = load_tokenizer(cfg.policy.tokenizer or cfg.policy.path)
-    policy = PolicyEngine(load_causal_lm(cfg.policy.path, cfg.policy.dtype), tokenizer,
-                          cfg.policy.engine_options(cfg.runtime.device), stop_strings=cfg.method.stop)
-    reward = None
-    if needs_reward(cfg):
-        if cfg.reward is None:
-            raise ValueError(f"method.name={cfg.method.name} needs a reward model: set reward.path")
-        r = cfg.reward
-        reward = build_reward_engine(
-            r.path, tokenizer, r.engine_options(cfg.runtime.device), kind=r.kind, tokenizer=r.tokenizer, dtype=r.dtype, verdict=r.verdict,
-            policy_vocab_size=policy.embeddings.shape[0],
-        )
-    return LocalRuntime(policy, reward, cfg.runtime.max_batch_size, cfg.runtime.batch_patience)
-
-
-def build_runtime(cfg: ExperimentConfig):
-    """`runtime.kind`: local engines in this process, or Ray replicas (same interface)."""
-    if cfg.runtime.kind == "ray":
-        from nabla_dist.runtime.ray_runtime import RayRuntime
-
-        return RayRuntime.from_config(cfg)
-    return build_local_runtime(cfg)
-
-
-def make_program(cfg: ExperimentConfig, prompt: Prompt, seed: int, head=None):
-    m = cfg.method
-    if m.name == "nabla":
-        return NablaReasoner(prompt, m.nabla(), seed, head).run()
-    if m.name == "greedy":
-        return greedy(prompt, m.max_new_tokens, seed)
-    if m.name == "self_consistency":
-        return self_consistency(prompt, m.sample(), seed)
-    return best_of_n(prompt, m.sample(), seed)
 
 
 def check_resume(out: Path, cfg: ExperimentConfig) -> None:
@@ -96,7 +54,8 @@ def check_resume(out: Path, cfg: ExperimentConfig) -> None:
     if not saved.exists() or not results.exists() or results.stat().st_size == 0:
         return
     try:
-        conflicts = resume_conflicts(saved.read_text(), to_yaml(cfg), ExperimentConfig)
+        saved_yaml = OmegaConf.to_yaml(upgrade_keys(OmegaConf.create(saved.read_text()), str(saved), strict=False))
+        conflicts = resume_conflicts(saved_yaml, to_yaml(cfg), ExperimentConfig)
     except ValueError as error:
         raise ConfigError(f"cannot resume {out}: {error}") from error
     if conflicts:
@@ -111,7 +70,7 @@ def check_resume(out: Path, cfg: ExperimentConfig) -> None:
 class Experiment:
     """Runs `cfg` against a runtime (local engines or Ray replicas: same programs)."""
 
-    def __init__(self, cfg: ExperimentConfig, runtime=None):
+    def __init__(self, cfg: ExperimentConfig, runtime: Runtime | None = None):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -124,7 +83,7 @@ class Experiment:
         except BaseException:
             self.lock.release()
             raise
-        self.tokenizer = self.runtime.tokenizer
+        self.tokenizer = self.runtime.prompts.tokenizer
 
     def run(self) -> dict:
         try:
@@ -151,16 +110,15 @@ class Experiment:
             for problem, repeat in todo:
                 key = (problem.id, repeat)
                 try:
-                    prompt = self.runtime.encode_prompt(problem.question)
+                    prompt = self.runtime.prompts.encode(problem.question)
                 except ValueError as error:  # bad problem: recorded, the run goes on
-                    self._finish(problems, key, None, None, error, time.monotonic(), tracker, progress)
+                    self._finish(problems, key, None, error, time.monotonic(), tracker, progress)
                     continue
-                started[key] = (time.monotonic(), prompt)
+                started[key] = time.monotonic()
                 yield key, make_program(cfg, prompt, problem_seed(cfg.seed, problem.id, repeat), head)
 
         def on_finish(key, output, error):
-            start, prompt = started.pop(key)
-            self._finish(problems, key, prompt, output, error, start, tracker, progress)
+            self._finish(problems, key, output, error, started.pop(key), tracker, progress)
 
         try:
             self.runtime.run(programs(), on_finish, max_in_flight=cfg.runtime.max_in_flight)
@@ -175,9 +133,9 @@ class Experiment:
         tracker.finish(summary, records, self.results.path)
         return summary
 
-    def _finish(self, problems, key, prompt, output: ProgramOutput | None, error, start, tracker, progress):
+    def _finish(self, problems, key, output: ProgramOutput | None, error, start, tracker, progress):
         problem: Problem = problems[key[0]]
-        record = self._record(problem, key[1], prompt, output, error, time.monotonic() - start)
+        record = self._record(problem, key[1], output, error, time.monotonic() - start)
         self.results.append(record)
         tracker.log_result(record)
         progress.update(1)
@@ -192,33 +150,19 @@ class Experiment:
             text = text.split(stop)[0]
         return text
 
-    def _stopped(self, prompt: Prompt, ids: list[int]) -> bool:
-        """Whether a rollout ended on EOS or a stop string (the policy engine's own test)."""
-        if ids and ids[-1] in prompt.stop_token_ids:
-            return True
-        tail = self.tokenizer.decode(ids[-16:]) if ids else ""
-        return any(s in tail for s in self.cfg.method.stop)
-
-    def candidates(self, prompt: Prompt, output: ProgramOutput) -> list[dict]:
+    def candidates(self, output: ProgramOutput) -> list[dict]:
         """SC / BoN samples with what each cost, in sample order (rescore.py decides from these)."""
-        rollouts = [e for e in output.count.events if e["event"] == "rollout"]
-        rewards = [e for e in output.count.events if e["event"] == "reward"]
-        out = []
-        for j, ids in enumerate(output.candidates):
-            text = self.decode(ids)
-            candidate = {
-                "response": text,
-                "answer": extract_answer(text),
-                "tokens": len(ids),
-                "forward_tokens": rollouts[j]["forward_tokens"],
-                "stopped": self._stopped(prompt, ids),
-            }
-            if output.candidate_rewards:
-                candidate.update(reward=output.candidate_rewards[j], reward_tokens=rewards[j]["tokens"])
-            out.append(candidate)
-        return out
+        return [self._candidate(c) for c in output.candidates]
 
-    def _record(self, problem: Problem, repeat: int, prompt, output, error, wall_s: float) -> dict:
+    def _candidate(self, candidate: Candidate) -> dict:
+        text = self.decode(candidate.tokens)
+        line = {"response": text, "answer": extract_answer(text), "tokens": len(candidate.tokens),
+                "forward_tokens": candidate.forward_tokens, "stopped": candidate.stopped}
+        if candidate.reward is not None:
+            line.update(reward=candidate.reward, reward_tokens=candidate.reward_tokens)
+        return line
+
+    def _record(self, problem: Problem, repeat: int, output: ProgramOutput | None, error, wall_s: float) -> dict:
         method = self.cfg.method.name
         record = {
             "problem_id": problem.id,
@@ -242,7 +186,7 @@ class Experiment:
         if output is None:
             return record
         if method in RESCORABLE:
-            candidates = self.candidates(prompt, output)
+            candidates = self.candidates(output)
             record.update(decide(method, candidates, problem.answer), candidates=candidates)
             if record["counts"] != output.count.totals():  # the replay must match the program's own count
                 raise RuntimeError(f"{method} counts replayed from candidates differ from the program's: "

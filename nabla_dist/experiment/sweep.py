@@ -43,7 +43,7 @@ from pathlib import Path
 
 import yaml
 
-from nabla_dist.experiment.config import CONFIG_DIR, ConfigError, ExperimentConfig, load_config, to_yaml
+from nabla_dist.experiment.config import CONFIG_DIR, ConfigError, ExperimentConfig, load_config, to_yaml, yaml_file
 from nabla_dist.experiment.results import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -86,16 +86,7 @@ class Sweep:
 
 # -- reading a sweep file -------------------------------------------------------------------
 def sweep_file(sweep: str) -> Path:
-    path = Path(sweep)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.exists():
-            raise ConfigError(f"sweep file {sweep!r} does not exist")
-        return path
-    path = SWEEP_DIR / f"{sweep}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in SWEEP_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown sweep {sweep!r}: no {path}; known: {known}")
-    return path
+    return yaml_file(sweep, SWEEP_DIR, "sweep")
 
 
 def _flatten(node: dict, prefix: str = "") -> dict:
@@ -245,7 +236,7 @@ def is_finished(cfg: ExperimentConfig) -> bool:
 
 
 def _runtime_key(cfg: ExperimentConfig) -> str:
-    """What building a runtime reads (run.build_runtime): equal keys can share the engines."""
+    """What building a runtime reads (build.build_runtime): equal keys can share the engines."""
     return json.dumps([asdict(cfg.policy), asdict(cfg.reward) if cfg.reward else None, list(cfg.method.stop),
                        cfg.method.parametrization, asdict(cfg.runtime)], sort_keys=True)
 
@@ -257,7 +248,7 @@ class _Runtimes:
         self.runtime, self.key, self.with_reward = None, None, False
 
     def get(self, cfg: ExperimentConfig):
-        from nabla_dist.experiment.run import build_runtime, needs_reward
+        from nabla_dist.experiment.build import build_runtime, needs_reward
 
         wants_reward = needs_reward(cfg)
         if self.runtime is None or self.key != _runtime_key(cfg) or (wants_reward and not self.with_reward):
@@ -267,14 +258,14 @@ class _Runtimes:
         return self.runtime
 
     def close(self) -> None:
-        shutdown = getattr(self.runtime, "shutdown", None)
-        if shutdown is not None:
-            shutdown()
+        if self.runtime is not None:
+            self.runtime.shutdown()
         self.runtime = None
 
 
 def _run_in_process(sweep: Sweep, points: list[Point]) -> None:
-    from nabla_dist.experiment.run import Experiment, needs_reward
+    from nabla_dist.experiment.build import needs_reward
+    from nabla_dist.experiment.run import Experiment
 
     groups: dict[str, int] = {}  # points on the same models run back to back, those needing the reward first
     order = sorted(points, key=lambda p: (groups.setdefault(_runtime_key(p.cfg), len(groups)), not needs_reward(p.cfg)))

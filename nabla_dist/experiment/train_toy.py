@@ -43,7 +43,8 @@ from transformers import (
 )
 
 from nabla_dist.algorithm.requests import Rollout, SamplingParams
-from nabla_dist.engines.policy import EngineOptions, PolicyEngine, positions_from_mask
+from nabla_dist.engines.batch import pad_rows, positions_from_mask
+from nabla_dist.engines.policy import PolicyEngine
 from nabla_dist.engines.loading import TOY_DIR, TOY_MODELS
 from nabla_dist.engines.reward import classifier_conversation, split_template
 from nabla_dist.engines.tiny import bpe_chat_tokenizer
@@ -229,7 +230,7 @@ def sample_responses(engine: PolicyEngine, problems: list[ToyProblem], temperatu
     for start in tqdm(range(0, len(jobs), cfg.rollout_batch_size), desc=desc, unit="batch", disable=None):
         chunk = jobs[start : start + cfg.rollout_batch_size]
         requests = [
-            Rollout(engine.encode_prompt(p.question).ids, cfg.max_new_tokens,
+            Rollout(engine.prompts.encode(p.question).ids, cfg.max_new_tokens,
                     SamplingParams(t, 1.0 if t == 0 else cfg.top_p), seed + 7919 * (start + j))
             for j, (p, t, _) in enumerate(chunk)
         ]
@@ -248,13 +249,7 @@ def reward_input_ids(tokenizer, question: str, response_ids: list[int]) -> list[
 
 def reward_scores(model, rows: list[list[int]], pad_id: int) -> torch.Tensor:
     """Scores [batch] of token rows, left padded and pooled at the last position like RewardEngine."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [B, T]
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        ids[b, width - len(row) :] = torch.tensor(row)
-        mask[b, width - len(row) :] = 1
-    ids, mask = ids.to(model.device), mask.to(model.device)
+    ids, mask = pad_rows(rows, pad_id, left=True, device=model.device)  # [B, T]
     hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask))
     return model.score(hidden.last_hidden_state[:, -1])[:, 0].float()
 
@@ -304,7 +299,7 @@ def auc(scores: list[float], labels: list[bool]) -> float | None:
 def evaluate(policy, reward, tokenizer, cfg: ToyTrainConfig) -> dict:
     """Held-out numbers: greedy / sampled accuracy, reward AUC and accuracy, reward-ranked pick."""
     problems = generate(cfg.eval_problems, seed=0, split="test")
-    engine = PolicyEngine(policy, tokenizer, EngineOptions(cfg.device))
+    engine = PolicyEngine(policy, tokenizer, device=cfg.device)
     greedy = sample_responses(engine, problems, [0.0], 1, cfg, cfg.seed + 101, "eval greedy")
     sampled = sample_responses(engine, problems, [cfg.eval_temperature], cfg.eval_samples, cfg,
                                cfg.seed + 202, "eval samples")
@@ -355,7 +350,7 @@ def train_toy(cfg: ToyTrainConfig = ToyTrainConfig(), out: str | Path = TOY_DIR)
     timings["policy_s"] = time.time() - start
 
     log.info("policy trained in %.0fs (final loss %.3f)", timings["policy_s"], sft_losses[-1])
-    engine = PolicyEngine(policy, tokenizer, EngineOptions(cfg.device))
+    engine = PolicyEngine(policy, tokenizer, device=cfg.device)
     samples = sample_responses(engine, reward_problems, list(cfg.temperatures), cfg.samples_per_temperature,
                                cfg, cfg.seed + 303, "reward data")
     by_temperature = {

@@ -4,105 +4,72 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Callable, Hashable, Iterable
 
-from nabla_dist.algorithm.nabla import Program
-from nabla_dist.algorithm.requests import PolicyGrad, Reward, RewardGrad, Rollout
+import torch
+
+from nabla_dist.engines.build import build_policy_engine, build_reward_engine
 from nabla_dist.engines.policy import PolicyEngine
 from nabla_dist.engines.reward import RewardEngine
-from nabla_dist.runtime.scheduler import DEFAULT_PATIENCE, KindChooser, Scheduler, Ticket
+from nabla_dist.engines.spec import PolicySpec, RewardSpec
+from nabla_dist.runtime.interface import model_for, serve
+from nabla_dist.runtime.options import RuntimeOptions
+from nabla_dist.runtime.scheduler import KindChooser, OnFinish, Programs, Scheduler, Ticket, batches
 
 log = logging.getLogger(__name__)
 
 
-def request_length(request) -> int:
-    """Tokens a request puts through the model (for length bucketing)."""
-    if isinstance(request, Rollout):
-        return len(request.prompt_ids) + request.max_new_tokens
-    if isinstance(request, PolicyGrad):
-        return len(request.ids)
-    return len(request.response_ids)
-
-
-def batches(tickets: list[Ticket], max_batch_size: int) -> list[list[Ticket]]:
-    """Group tickets by request type, then cut each group, sorted by length, into batches."""
-    groups: dict[type, list[Ticket]] = defaultdict(list)
-    for ticket in tickets:
-        groups[type(ticket.request)].append(ticket)
-    out = []
-    for group in groups.values():
-        group.sort(key=lambda t: request_length(t.request))
-        out += [group[i : i + max_batch_size] for i in range(0, len(group), max_batch_size)]
-    return out
-
-
 class LocalRuntime:
-    def __init__(self, policy: PolicyEngine, reward: RewardEngine | None, max_batch_size: int = 16,
-                 patience: int | None = DEFAULT_PATIENCE):
-        """`patience`: see scheduler.KindChooser; None serves every pending type each round."""
+    def __init__(self, policy: PolicyEngine, reward: RewardEngine | None, options: RuntimeOptions = RuntimeOptions()):
+        """Serve `options.max_batch_size` requests per engine call; `options.batch_patience`:
+        see scheduler.KindChooser (None serves every pending type each round)."""
         self.policy, self.reward = policy, reward
-        self.max_batch_size = max_batch_size
-        self.patience = patience
+        self.options = options
+        self.prompts = policy.prompts
         self.engine_calls: dict[str, int] = defaultdict(int)
         if reward is not None:
             policy.set_reward_embeddings(reward.aligned)
 
-    # -- what the experiment layer needs on the driver side ------------------------------
-    @property
-    def tokenizer(self):
-        return self.policy.tokenizer
+    @classmethod
+    def start(cls, policy: PolicySpec, reward: RewardSpec | None, options: RuntimeOptions = RuntimeOptions(),
+              stop_strings=()) -> "LocalRuntime":
+        """Build the engines from their specs (engines/build.py)."""
+        policy_engine = build_policy_engine(policy, options.device, stop_strings)
+        reward_engine = None
+        if reward is not None:
+            reward_engine = build_reward_engine(reward, policy_engine.tokenizer, options.device,
+                                                policy_engine.embeddings.shape[0])
+        return cls(policy_engine, reward_engine, options)
 
-    def encode_prompt(self, question: str):
-        return self.policy.encode_prompt(question)
-
-    def head_matrix(self):
+    def head_matrix(self) -> torch.Tensor:
         return self.policy.head_matrix()
+
+    def shutdown(self) -> None:
+        """Nothing to release: the engines go with this object."""
 
     def serve(self, requests: list) -> list:
         """Answer a batch of requests of one type."""
-        kind = type(requests[0])
-        self.engine_calls[kind.__name__] += 1
-        if kind is Rollout:
-            return self.policy.rollout(requests)
-        if kind is PolicyGrad:
-            return self.policy.grad(requests)
-        if self.reward is None:
-            raise RuntimeError(f"a program asked for {kind.__name__} but no reward model is configured")
-        if kind is RewardGrad:
-            return self.reward.grad(requests)
-        if kind is Reward:
-            return self.reward.score(requests)
-        raise TypeError(f"unknown request type {kind.__name__}")
+        self.engine_calls[type(requests[0]).__name__] += 1
+        engine = self.policy if model_for(requests[0]) == "policy" else self.reward
+        if engine is None:
+            raise RuntimeError(f"a program asked for {type(requests[0]).__name__} but no reward model is configured")
+        return serve(engine, requests)
 
-    def run(
-        self,
-        programs: dict[Hashable, Program] | Iterable[tuple[Hashable, Program]],
-        on_finish: Callable,
-        max_in_flight: int | None = None,
-    ) -> None:
-        """Drive programs to completion, at most `max_in_flight` at once (None: no limit).
-
-        `programs` is pulled lazily, so a generator of (key, program) starts each problem
-        only when there is room for it.
-        """
-        queue = iter(programs.items() if isinstance(programs, dict) else programs)
-        scheduler = Scheduler(on_finish)
-        chooser = KindChooser(self.patience) if self.patience is not None else None
-        exhausted = False
-        while not exhausted or len(scheduler):
-            while not exhausted and (max_in_flight is None or len(scheduler) < max_in_flight):
-                item = next(queue, None)
-                if item is None:
-                    exhausted = True
-                else:
-                    scheduler.add(*item)
+    def run(self, programs: Programs, on_finish: OnFinish, max_in_flight: int | None = None) -> None:
+        """Drive programs to completion, at most `max_in_flight` at once (None: no limit)."""
+        scheduler = Scheduler(on_finish, programs, max_in_flight)
+        patience = self.options.batch_patience
+        chooser = KindChooser(patience) if patience is not None else None
+        while True:
+            scheduler.admit()
+            if scheduler.finished:
+                return
             tickets = scheduler.pending()
             if not tickets:
                 continue
             if chooser is not None:  # one request type per round, the largest first
                 kind = chooser.choose(tickets)
                 tickets = [t for t in tickets if type(t.request) is kind]
-            for batch in batches(tickets, self.max_batch_size):
+            for batch in batches(tickets, self.options.max_batch_size):
                 scheduler.issue(batch)
                 self._serve_batch(scheduler, batch)
 

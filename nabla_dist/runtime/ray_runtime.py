@@ -1,10 +1,11 @@
 """The Ray runtime: policy and reward replicas on a Ray cluster, fed by one batching coordinator.
 
-Same interface as LocalRuntime, so `Experiment` runs either. `run` is the coordinator: it
-keeps many problem programs in flight (scheduler.py), cuts their pending requests into
-batches per request type (local.batches), sends each batch to a free replica of the right
-kind — every rank gets the same batch, rank 0 answers — and resumes programs as answers
-arrive (`ray.wait`), so policy and reward batches run at the same time.
+Same interface as LocalRuntime (interface.Runtime), so `Experiment` runs either. `run` is
+the coordinator: it keeps many problem programs in flight (scheduler.py), cuts their
+pending requests into batches per request type (scheduler.batches), sends each batch to a
+free replica of the model that serves it (interface.SERVED_BY) — every rank gets the same
+batch, rank 0 answers — and resumes programs as answers arrive (`ray.wait`), so policy and
+reward batches run at the same time.
 
 Fault tolerance: a rank that dies takes its replica down (a tensor-parallel group cannot
 lose a rank). All its ranks are killed, its in-flight requests go back to the scheduler
@@ -17,65 +18,23 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field, fields
-from types import SimpleNamespace
-from typing import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Hashable
 
 import ray
 import torch
 from ray.exceptions import RayError, RayTaskError
 
-from nabla_dist.algorithm.nabla import Program, Prompt
-from nabla_dist.engines.loading import load_tokenizer, resolve_path
-from nabla_dist.engines.policy import PolicyEngine
-from nabla_dist.engines.reward import RewardEngine
-from nabla_dist.engines.sharding import SHARDINGS
+from nabla_dist.engines.loading import model_config
+from nabla_dist.engines.prompt import PromptEncoder
+from nabla_dist.engines.spec import PolicySpec, RewardSpec
 from nabla_dist.runtime.cluster import start_ray
-from nabla_dist.runtime.local import batches
-from nabla_dist.runtime.scheduler import DEFAULT_PATIENCE, KindChooser, Scheduler, Ticket
-from nabla_dist.runtime.workers import ModelSpec, PolicyWorker, Replica, RewardWorker
+from nabla_dist.runtime.interface import model_for
+from nabla_dist.runtime.options import RuntimeOptions
+from nabla_dist.runtime.scheduler import KindChooser, OnFinish, Programs, Scheduler, Ticket, batches
+from nabla_dist.runtime.workers import PolicyWorker, Replica, RewardWorker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """The `runtime.*` fields the Ray runtime reads (defaults where RuntimeConfig lacks one)."""
-
-    policy_replicas: int = 1
-    reward_replicas: int = 1
-    tp_size: int = 1  # ranks per policy replica
-    reward_tp_size: int = 1  # ranks per reward replica
-    sharding: str = "none"  # none | autotp | zero3, for every replica with more than one rank
-    gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0
-    max_restarts: int = 3  # rebuilds of one replica before it is retired
-    batch_patience: int | None = DEFAULT_PATIENCE  # scheduler.KindChooser; None: the oldest request's type first
-
-    @classmethod
-    def from_runtime(cls, runtime) -> "RayOptions":
-        options = cls(**{f.name: getattr(runtime, f.name, f.default) for f in fields(cls)})
-        options.check()
-        return options
-
-    def check(self) -> None:
-        def bad(key, value, fix):
-            raise ValueError(f"runtime.{key}={value!r} is invalid: {fix}")
-
-        if self.sharding not in SHARDINGS:
-            bad("sharding", self.sharding, f"choose one of {SHARDINGS}")
-        for key in ("policy_replicas", "tp_size", "reward_tp_size"):
-            if getattr(self, key) < 1:
-                bad(key, getattr(self, key), "use ≥ 1")
-        if self.reward_replicas < 0:
-            bad("reward_replicas", self.reward_replicas, "use ≥ 0")
-        if self.sharding == "none" and max(self.tp_size, self.reward_tp_size) > 1:
-            bad("sharding", self.sharding, "a replica of more than one rank must be sharded: "
-                "set runtime.sharding=autotp or zero3, or tp_size=1")
-        if self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
-            bad("cpus_per_actor", (self.cpus_per_actor, self.gpus_per_actor), "use cpus > 0 and gpus ≥ 0")
-        if self.max_restarts < 0:
-            bad("max_restarts", self.max_restarts, "use ≥ 0")
 
 
 @dataclass
@@ -93,16 +52,13 @@ class NoReplicaLeft(RuntimeError):
 
 
 class RayRuntime:
-    """Use `from_config`; the constructor only sets up the bookkeeping."""
+    """Use `start`; the constructor only sets up the bookkeeping."""
 
-    def __init__(self, tokenizer, options: RayOptions, max_batch_size: int = 16, started_ray: bool = False):
+    def __init__(self, prompts: PromptEncoder, options: RuntimeOptions, started_ray: bool = False):
         self.policy: list[Replica] = []
         self.reward: list[Replica] = []
-        self.options, self.max_batch_size = options, max_batch_size
-        self._tokenizer = tokenizer
-        # The few attributes PolicyEngine.encode_prompt reads (context and stop ids come from
-        # policy rank 0): the engine's own template and checks, without a model on the driver.
-        self._prompt_encoder = SimpleNamespace(tokenizer=tokenizer, context=None, stop_token_ids=())
+        self.options = options
+        self.prompts = prompts
         self.engine_calls: dict[str, int] = defaultdict(int)  # request type -> batches served
         self.requests_served: dict[str, int] = defaultdict(int)
         self.engine_seconds: dict[str, float] = defaultdict(float)  # rank 0's time inside the engine
@@ -116,70 +72,52 @@ class RayRuntime:
 
     # -- construction -----------------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg) -> "RayRuntime":
-        """Check the configuration against the models and the cluster (errors name the value
-        and the fix, before any actor starts), then start every replica and wait until each
-        has loaded its model."""
-        from nabla_dist.experiment.config import ConfigError  # the experiment layer owns these two
-        from nabla_dist.experiment.run import needs_reward
-
-        use_reward = needs_reward(cfg)
+    def start(cls, policy: PolicySpec, reward: RewardSpec | None, options: RuntimeOptions,
+              stop_strings=(), keep_head: bool = False) -> "RayRuntime":
+        """Start or join the Ray cluster, check that it can hold the replicas (before any actor
+        starts), then start every replica and wait until each has loaded its model.
+        `keep_head`: policy rank 0 keeps W_head whole (the `latents` parametrization)."""
+        prompts = PromptEncoder.from_files(policy)
         try:
-            options = RayOptions.from_runtime(cfg.runtime)
-            tokenizer = _check_models(cfg, options, use_reward)
-            try:
-                session = start_ray(cfg.runtime.address, num_cpus=cfg.runtime.num_cpus)
-            except ConnectionError as error:
-                raise ValueError(f"runtime.address={cfg.runtime.address!r}: {error}") from error
-            try:
-                _check_resources(options, use_reward)
-            except ValueError:
-                if session.started_here:
-                    ray.shutdown()
-                raise
-        except ValueError as error:
-            raise ConfigError(str(error)) from error
-
-        policy_spec = ModelSpec(cfg.policy.path, cfg.policy.tokenizer or cfg.policy.path, cfg.policy.dtype,
-                                cfg.policy.engine_options(cfg.runtime.device), options.sharding, tuple(cfg.method.stop),
-                                keep_head=cfg.method.parametrization == "latents")
-        runtime = cls(tokenizer, options, cfg.runtime.max_batch_size, session.started_here)
+            session = start_ray(options.address, num_cpus=options.num_cpus)
+        except ConnectionError as error:
+            raise ValueError(f"runtime.address={options.address!r}: {error}") from error
         try:
-            if use_reward:
-                reward_spec = ModelSpec(cfg.reward.path, cfg.reward.tokenizer or cfg.reward.path, cfg.reward.dtype,
-                                        cfg.reward.engine_options(cfg.runtime.device), options.sharding,
-                                        policy_tokenizer=policy_spec.tokenizer,
-                                        policy_vocab_size=_model_config(cfg.policy.path).vocab_size)
-                runtime.reward = [Replica(f"reward-{i}", RewardWorker, options.reward_tp_size, options.cpus_per_actor,
-                                          options.gpus_per_actor, spec=reward_spec)
-                                  for i in range(options.reward_replicas)]
+            _check_resources(options, reward is not None)
+        except ValueError:
+            if session.started_here:
+                ray.shutdown()
+            raise
+        runtime = cls(prompts, options, session.started_here)
+        layout = dict(cpus_per_actor=options.cpus_per_actor, gpus_per_actor=options.gpus_per_actor)
+        try:
+            if reward is not None:
+                runtime.reward = [
+                    Replica(f"reward-{i}", RewardWorker, options.reward_tp_size, **layout, spec=reward,
+                            device=options.device, policy_tokenizer=policy.tokenizer_path,
+                            policy_vocab_size=model_config(policy.path).vocab_size, sharding=options.sharding)
+                    for i in range(options.reward_replicas)
+                ]
             starting = [(replica, replica.start()) for replica in runtime.reward]
             # The driver holds this ref, so a rebuilt policy replica gets the matrix even after
             # reward replica 0 is gone. Boxed in a list: policy ranks load while it is computed.
-            aligned = [runtime.reward[0].actors[0].aligned_embeddings.remote()] if use_reward else None
-            runtime.policy = [Replica(f"policy-{i}", PolicyWorker, options.tp_size, options.cpus_per_actor,
-                                      options.gpus_per_actor, spec=policy_spec, reward_embeddings=aligned)
-                              for i in range(options.policy_replicas)]
+            aligned = [runtime.reward[0].actors[0].aligned_embeddings.remote()] if reward is not None else None
+            runtime.policy = [
+                Replica(f"policy-{i}", PolicyWorker, options.tp_size, **layout, spec=policy, device=options.device,
+                        stop_strings=tuple(stop_strings), sharding=options.sharding, keep_head=keep_head,
+                        reward_embeddings=aligned)
+                for i in range(options.policy_replicas)
+            ]
             starting += [(replica, replica.start()) for replica in runtime.policy]
             for replica, refs in starting:
                 try:
                     ray.get(refs)
                 except RayError as error:
                     raise RuntimeError(f"{replica.name} failed to start: {error}") from error
-            spec = ray.get(runtime.policy[0].actors[0].prompt_spec.remote())
-            runtime._prompt_encoder.context, runtime._prompt_encoder.stop_token_ids = spec
         except BaseException:
             runtime.shutdown()
             raise
         return runtime
-
-    # -- what the experiment layer needs on the driver side ----------------------------
-    @property
-    def tokenizer(self):
-        return self._tokenizer
-
-    def encode_prompt(self, question: str) -> Prompt:
-        return PolicyEngine.encode_prompt(self._prompt_encoder, question)
 
     def head_matrix(self) -> torch.Tensor:
         replica = self._live(self.policy)[0]
@@ -194,29 +132,17 @@ class RayRuntime:
             ray.shutdown()
 
     # -- the coordinator ----------------------------------------------------------------
-    def run(
-        self,
-        programs: dict[Hashable, Program] | Iterable[tuple[Hashable, Program]],
-        on_finish: Callable,
-        max_in_flight: int | None = None,
-    ) -> None:
+    def run(self, programs: Programs, on_finish: OnFinish, max_in_flight: int | None = None) -> None:
         """Drive programs to completion, at most `max_in_flight` at once (None: no limit).
 
         Each finished program goes to `on_finish(key, output, error)` the moment it ends.
         """
-        queue = iter(programs.items() if isinstance(programs, dict) else programs)
-        scheduler = Scheduler(on_finish)
-        exhausted = False
+        scheduler = Scheduler(on_finish, programs, max_in_flight)
         while True:
-            while not exhausted and (max_in_flight is None or len(scheduler) < max_in_flight):
-                item = next(queue, None)
-                if item is None:
-                    exhausted = True
-                else:
-                    scheduler.add(*item)
+            scheduler.admit()
             self._dispatch(scheduler)
             if not self._flights:
-                if exhausted and not len(scheduler):
+                if scheduler.finished:
                     return
                 if not scheduler.pending():
                     raise RuntimeError("coordinator stalled: programs wait but no request is pending or in flight")
@@ -230,8 +156,7 @@ class RayRuntime:
         """Give every free replica the batch holding the oldest pending request it can serve."""
         pending = scheduler.pending()  # oldest first
         for replicas, name in ((self.policy, "policy"), (self.reward, "reward")):
-            kinds = PolicyWorker.kinds if name == "policy" else RewardWorker.kinds
-            tickets = [t for t in pending if isinstance(t.request, kinds)]
+            tickets = [t for t in pending if model_for(t.request) == name]
             if not tickets:
                 continue
             if not self._live(replicas):
@@ -248,7 +173,7 @@ class RayRuntime:
                 tickets = [t for t in tickets if (t.key, t.index) not in served]
                 scheduler.issue(batch)
                 requests = ray.put([t.request for t in batch])
-                self._fly(_Flight(replica, replica.call("serve", type(batch[0].request).__name__, requests), batch))
+                self._fly(_Flight(replica, replica.call("serve", requests), batch))
 
     def _next_batch(self, tickets: list[Ticket], chooser: KindChooser | None) -> list[Ticket]:
         """The batch holding the oldest pending ticket of the type `chooser` picks."""
@@ -259,7 +184,7 @@ class RayRuntime:
         if (oldest.key, oldest.index) in self._solo:
             return [oldest]
         same = [t for t in tickets if type(t.request) is type(oldest.request) and (t.key, t.index) not in self._solo]
-        return next(b for b in batches(same, self.max_batch_size) if any(t is oldest for t in b))
+        return next(b for b in batches(same, self.options.max_batch_size) if any(t is oldest for t in b))
 
     def _fly(self, flight: _Flight) -> None:
         flight.replica.busy = True
@@ -352,54 +277,7 @@ class RayRuntime:
                 error, requeued = start_error, 0
 
 
-def _check_models(cfg, options: RayOptions, use_reward: bool):
-    """The checks that need only configs and tokenizers; returns the policy tokenizer."""
-    if use_reward and (cfg.reward is None or options.reward_replicas == 0):
-        raise ValueError(f"method.name={cfg.method.name} needs a reward model: set reward.path and "
-                         f"runtime.reward_replicas ≥ 1 (now {options.reward_replicas})")
-    tokenizer = load_tokenizer(cfg.policy.tokenizer or cfg.policy.path)
-    _check_heads(cfg.policy.path, options.tp_size, options.sharding, "runtime.tp_size")
-    if use_reward:
-        _check_heads(cfg.reward.path, options.reward_tp_size, options.sharding, "runtime.reward_tp_size")
-        _check_alignment(load_tokenizer(cfg.reward.tokenizer or cfg.reward.path), tokenizer, cfg.reward.path)
-    return tokenizer
-
-
-def _model_config(path: str):
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(resolve_path(path))
-    return getattr(config, "text_config", None) or config
-
-
-def _check_heads(path: str, tp_size: int, sharding: str, key: str) -> None:
-    """autotp splits attention heads over ranks: tp_size must divide the head counts."""
-    if sharding != "autotp" or tp_size == 1:
-        return
-    config = _model_config(path)
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    for name, count in (("num_attention_heads", heads), ("num_key_value_heads", kv_heads)):
-        if count % tp_size:
-            fits = [d for d in range(1, heads + 1) if heads % d == 0 and kv_heads % d == 0]
-            raise ValueError(f"{key}={tp_size} does not divide {path!r}'s {name}={count}: "
-                             f"use {key} in {fits}, or runtime.sharding=zero3")
-
-
-def _check_alignment(reward_tokenizer, policy_tokenizer, path: str) -> None:
-    """Run the reward engine's vocabulary alignment on the tokenizers alone (a zero-width
-    embedding table), so a reward model that cannot be aligned fails before any actor starts."""
-    if not getattr(reward_tokenizer, "chat_template", None):
-        raise ValueError(f"reward tokenizer of {path!r} has no chat template; set tokenizer.chat_template "
-                         "so the response can be placed in its conversation format")
-    probe = SimpleNamespace(tokenizer=reward_tokenizer, embeddings=torch.zeros(len(reward_tokenizer), 0))
-    try:
-        RewardEngine.aligned_embeddings(probe, policy_tokenizer)
-    except ValueError as error:
-        raise ValueError(f"reward.path={path!r} cannot serve this policy: {error}") from error
-
-
-def _check_resources(options: RayOptions, use_reward: bool) -> None:
+def _check_resources(options: RuntimeOptions, use_reward: bool) -> None:
     """Refuse a layout the cluster cannot hold (it would wait forever for its placement groups)."""
     actors = options.policy_replicas * options.tp_size
     if use_reward:

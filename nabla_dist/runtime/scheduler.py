@@ -2,16 +2,19 @@
 
 A program yields a request or a list of requests; it is resumed once all of its answers
 are in. The scheduler knows nothing of engines or Ray: a runtime asks it for pending
-requests grouped by type, serves them however it likes, and delivers the answers.
+requests, cuts them into batches per type (`batches`), serves them however it likes, and
+delivers the answers. Programs are admitted from a lazy queue, at most `max_in_flight` at
+once, so a generator of problems starts each only when there is room for it.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, Hashable, Iterable
 
-from nabla_dist.algorithm.nabla import Program, ProgramOutput
+from nabla_dist.algorithm.program import Program, ProgramOutput
+from nabla_dist.algorithm.requests import PolicyGrad, Rollout
 
 
 @dataclass
@@ -31,14 +34,37 @@ class Ticket:
     request: Any
 
 
+Programs = dict[Hashable, Program] | Iterable[tuple[Hashable, Program]]
+OnFinish = Callable[[Hashable, ProgramOutput | None, BaseException | None], None]
+
+
 class Scheduler:
-    def __init__(self, on_finish: Callable[[Hashable, ProgramOutput | None, BaseException | None], None]):
+    def __init__(self, on_finish: OnFinish, programs: Programs = (), max_in_flight: int | None = None):
+        """`on_finish(key, output, error)` is called the moment a program ends; `programs` is
+        pulled lazily by `admit` (None: no limit on programs in flight)."""
         self._running: dict[Hashable, _Running] = {}
         self._issued: set[tuple[Hashable, int]] = set()
         self._on_finish = on_finish
+        self._queue = iter(programs.items() if isinstance(programs, dict) else programs)
+        self._exhausted = False
+        self.max_in_flight = max_in_flight
 
     def __len__(self) -> int:
         return len(self._running)
+
+    def admit(self) -> None:
+        """Start queued programs while fewer than `max_in_flight` run."""
+        while not self._exhausted and (self.max_in_flight is None or len(self) < self.max_in_flight):
+            item = next(self._queue, None)
+            if item is None:
+                self._exhausted = True
+            else:
+                self.add(*item)
+
+    @property
+    def finished(self) -> bool:
+        """Every queued program has been admitted and has ended."""
+        return self._exhausted and not self._running
 
     def add(self, key: Hashable, program: Program) -> None:
         if key in self._running:
@@ -93,6 +119,27 @@ class Scheduler:
             return
         as_list = isinstance(yielded, list)
         self._running[key] = _Running(program, yielded if as_list else [yielded], as_list)
+
+
+def request_length(request) -> int:
+    """Tokens a request puts through the model (for length bucketing)."""
+    if isinstance(request, Rollout):
+        return len(request.prompt_ids) + request.max_new_tokens
+    if isinstance(request, PolicyGrad):
+        return len(request.ids)
+    return len(request.response_ids)
+
+
+def batches(tickets: list[Ticket], max_batch_size: int) -> list[list[Ticket]]:
+    """Group tickets by request type, then cut each group, sorted by length, into batches."""
+    groups: dict[type, list[Ticket]] = defaultdict(list)
+    for ticket in tickets:
+        groups[type(ticket.request)].append(ticket)
+    out = []
+    for group in groups.values():
+        group.sort(key=lambda t: request_length(t.request))
+        out += [group[i : i + max_batch_size] for i in range(0, len(group), max_batch_size)]
+    return out
 
 
 DEFAULT_PATIENCE = 16  # measured on the toy pair: 4 and 16 both batch rollouts ~3x fuller than serving every type

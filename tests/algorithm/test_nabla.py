@@ -7,18 +7,16 @@ from collections import Counter
 
 import pytest
 
-from nabla_dist.algorithm.dto import DTOConfig
 from nabla_dist.algorithm.nabla import NablaConfig, NablaReasoner
 from nabla_dist.algorithm.requests import PolicyGrad, Reward, RewardGrad, Rollout
 from nabla_dist.runtime.local import LocalRuntime
+from nabla_dist.runtime.options import RuntimeOptions
 from tests.conftest import make_policy, make_reward
 
 QUESTIONS = ["Compute 3 + 4.", "Compute ((17 + 25) * 3 - 48) / 6.", "What is 9 * 9 - 1?"]
 # Random tiny models are confident nowhere, so every position is a candidate; the large lr
 # moves the argmax so that resampling, regeneration and rejection all happen.
-CONFIG = NablaConfig(
-    max_new_tokens=12, max_rollouts=4, grad_norm_threshold=1e-4, dto=DTOConfig(max_iters=5, lr=0.5)
-)
+CONFIG = NablaConfig(max_new_tokens=12, max_rollouts=4, grad_norm_threshold=1e-4, max_iters=5, lr=0.5)
 
 
 class RecordingRuntime(LocalRuntime):
@@ -41,11 +39,11 @@ def engines(tiny_paths):
 
 def run_programs(engines, cfg=CONFIG, seeds=(0, 1, 2), head=False, max_batch_size=16, patience=16):
     policy, reward = engines
-    runtime = RecordingRuntime(policy, reward, max_batch_size=max_batch_size, patience=patience)
+    runtime = RecordingRuntime(policy, reward, RuntimeOptions(max_batch_size=max_batch_size, batch_patience=patience))
     matrix = policy.head_matrix() if head else None
     outputs = {}
     programs = {
-        i: NablaReasoner(policy.encode_prompt(q), cfg, seed, matrix).run()
+        i: NablaReasoner(policy.prompts.encode(q), cfg, seed, matrix).run()
         for i, (q, seed) in enumerate(zip(QUESTIONS, seeds))
     }
 
@@ -83,7 +81,7 @@ def test_rejection_scores_both_responses_in_the_same_template(engines):
     policy, reward = engines
     _, runtime = run_programs(engines)
     scores = [r for r in runtime.served if isinstance(r, Reward)]
-    prompts = {tuple(policy.encode_prompt(q).ids): q for q in QUESTIONS}
+    prompts = {tuple(policy.prompts.encode(q).ids): q for q in QUESTIONS}
     assert scores
     for request in scores:
         assert request.prompt_text in QUESTIONS
@@ -128,9 +126,7 @@ def test_serving_the_largest_request_group_first_changes_batches_not_results(eng
 @pytest.mark.parametrize("switch", ["grad_caching", "reuse_selector_grad"])
 def test_exact_accelerations_leave_outputs_unchanged(engines, switch):
     on, _ = run_programs(engines)
-    off_cfg = dataclasses.replace(CONFIG, **{switch: False}) if switch != "grad_caching" else dataclasses.replace(
-        CONFIG, dto=dataclasses.replace(CONFIG.dto, grad_caching=False)
-    )
+    off_cfg = dataclasses.replace(CONFIG, **{switch: False})
     off, _ = run_programs(engines, cfg=off_cfg)
     for key in on:
         assert on[key].response_ids == off[key].response_ids
@@ -158,7 +154,7 @@ def test_rollout_budget_of_one_is_plain_sampling(engines):
 def test_latents_without_head_is_refused(engines):
     policy, _ = engines
     with pytest.raises(ValueError, match="LM head"):
-        NablaReasoner(policy.encode_prompt("x"), dataclasses.replace(CONFIG, parametrization="latents"), 0)
+        NablaReasoner(policy.prompts.encode("x"), dataclasses.replace(CONFIG, parametrization="latents"), 0)
 
 
 @pytest.mark.parametrize("parametrization", ["logits", "latents"])

@@ -27,7 +27,7 @@ def _responses(n, lengths, vocab):
 def test_rollout_batch_equals_single(engines):
     policy, _ = engines
     requests = [
-        Rollout(policy.encode_prompt(q).ids, 12 + 4 * i, SamplingParams(0.8, 0.95, 20), seed=i, latents="logits")
+        Rollout(policy.prompts.encode(q).ids, 12 + 4 * i, SamplingParams(0.8, 0.95, 20), seed=i, latents="logits")
         for i, q in enumerate(QUESTIONS)
     ]
     batched = policy.rollout(requests)
@@ -45,7 +45,7 @@ def test_rollout_on_a_cached_prefix_equals_a_full_prefill(tiny_paths):
     """∇'s regeneration P ‖ C ‖ t runs only t on the KV its gradient passes cached for P ‖ C;
     batched with a row that has no cached prefix, both rows match an engine without a cache."""
     cached, plain = make_policy(tiny_paths, prefix_cache=8), make_policy(tiny_paths, prefix_cache=0)
-    prompts = [cached.encode_prompt(q).ids for q in QUESTIONS[:2]]
+    prompts = [cached.prompts.encode(q).ids for q in QUESTIONS[:2]]
     committed = _responses(1, [5], cached.embeddings.shape[0])[0]
     ahead = [7, 8, 9]
     cached.grad([PolicyGrad(prompts[0] + committed + ahead, len(prompts[0]) + len(committed), [0], 1.0, 0.0)])
@@ -64,7 +64,7 @@ def test_rollout_on_a_cached_prefix_equals_a_full_prefill(tiny_paths):
 
 def test_rollout_keeps_hidden_latents_only_at_uncertain_positions(engines):
     policy, _ = engines
-    prompt = policy.encode_prompt(QUESTIONS[0]).ids
+    prompt = policy.prompts.encode(QUESTIONS[0]).ids
     (result,) = policy.rollout([Rollout(prompt, 16, SamplingParams(1.0), 0, "hidden", latents_max_confidence=0.2)])
     expected = [i for i, c in enumerate(result.confidence.tolist()) if c <= 0.2]
     assert result.latent_positions == expected
@@ -77,7 +77,7 @@ def test_rollout_keeps_hidden_latents_only_at_uncertain_positions(engines):
 
 def test_policy_and_reward_gradient_batches_equal_single(engines):
     policy, reward = engines
-    prompts = [policy.encode_prompt(q).ids for q in QUESTIONS]
+    prompts = [policy.prompts.encode(q).ids for q in QUESTIONS]
     responses = _responses(0, [6, 15, 10], policy.embeddings.shape[0])
     reward_requests = [RewardGrad(q, r, 2) for q, r in zip(QUESTIONS, responses)]
     reward_batch = reward.grad(reward_requests)
@@ -100,7 +100,7 @@ def test_norm_probes_batched_pick_what_each_picks_alone(engines):
     """Probes go through the embedding products in step; each must stop where it would alone,
     also when another request in the batch asks for fixed positions or finds none."""
     policy, reward = engines
-    prompts = [policy.encode_prompt(q).ids for q in QUESTIONS]
+    prompts = [policy.prompts.encode(q).ids for q in QUESTIONS]
     responses = _responses(2, [9, 14, 12], policy.embeddings.shape[0])
     grads = reward.grad([RewardGrad(q, r, 1) for q, r in zip(QUESTIONS, responses)])
     norms = [

@@ -80,7 +80,7 @@ def relative_error(a, b):
 @pytest.fixture(scope="module")
 def sequence(tiny_paths):
     policy = make_policy(tiny_paths)
-    prompt = policy.encode_prompt(QUESTION).ids
+    prompt = policy.prompts.encode(QUESTION).ids
     torch.manual_seed(0)
     response = torch.randint(3, policy.embeddings.shape[0], (14,)).tolist()
     return prompt, response
@@ -158,13 +158,13 @@ def test_bf16_autocast_gradient_stays_close_to_fp32(tiny_paths, sequence):
 def test_generative_verifier_gradient_matches_autograd(tiny_paths, sequence, prefix_cache):
     from transformers import AutoModelForCausalLM
 
-    from nabla_dist.engines.policy import EngineOptions
+    from nabla_dist.engines.spec import RewardSpec
     from nabla_dist.engines.verifier import GenerativeVerifierEngine
 
     policy = make_policy(tiny_paths, prefix_cache=prefix_cache)
     judge = AutoModelForCausalLM.from_pretrained(tiny_paths["policy_tied"])
-    verifier = GenerativeVerifierEngine(judge, policy.tokenizer, policy.tokenizer, EngineOptions(prefix_cache=prefix_cache),
-                                        verdict="The")
+    spec = RewardSpec(path=str(tiny_paths["policy_tied"]), kind="verifier", verdict="The", prefix_cache=prefix_cache)
+    verifier = GenerativeVerifierEngine(judge, policy.tokenizer, policy.tokenizer, spec)
     prompt, response = sequence
     ids, start = prompt + response, len(prompt) + 5
     result = engine_grad(policy, verifier, ids, start, len(prompt), 0.0, 1.0)

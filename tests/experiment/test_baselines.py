@@ -9,7 +9,8 @@ import pytest
 from nabla_dist.algorithm.requests import Reward, Rollout
 from nabla_dist.experiment.config import load_config
 from nabla_dist.experiment.results import ResultsFile
-from nabla_dist.experiment.run import Experiment, build_local_runtime
+from nabla_dist.experiment.build import build_runtime
+from nabla_dist.experiment.run import Experiment
 from nabla_dist.runtime.local import LocalRuntime
 
 N = 3
@@ -20,7 +21,7 @@ class CountingRuntime(LocalRuntime):
     """The local runtime, counting the requests it serves by type."""
 
     def __init__(self, runtime: LocalRuntime):
-        super().__init__(runtime.policy, runtime.reward, runtime.max_batch_size)
+        super().__init__(runtime.policy, runtime.reward, runtime.options)
         self.requests: Counter = Counter()
 
     def serve(self, requests):
@@ -30,7 +31,7 @@ class CountingRuntime(LocalRuntime):
 
 @pytest.fixture(scope="module")
 def runtime(tiny_paths):
-    return build_local_runtime(load_config("default", BASE + ["method.name=best_of_n"]))
+    return build_runtime(load_config("default", BASE + ["method.name=best_of_n"]))
 
 
 def run(method: str, tmp_path, runtime):

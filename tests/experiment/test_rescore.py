@@ -10,7 +10,8 @@ from nabla_dist.cli import main
 from nabla_dist.experiment.config import load_config
 from nabla_dist.experiment.rescore import decide, default_ns, rescore_records, rescore_run
 from nabla_dist.experiment.results import ResultsFile
-from nabla_dist.experiment.run import Experiment, build_local_runtime
+from nabla_dist.experiment.build import build_runtime
+from nabla_dist.experiment.run import Experiment
 
 BIG_N, SMALL_N = 4, 2
 BASE = ["wandb.mode=disabled", "data.limit=3", "method.max_new_tokens=10"]
@@ -20,7 +21,7 @@ TIMING = ("wall_s", "session", "finished_at")
 @pytest.fixture(scope="module")
 def runs(tiny_paths, tmp_path_factory):
     """{(method, n): (output_dir, records by problem)} for N=4 and n=2 runs, same seeds."""
-    runtime = build_local_runtime(load_config("default", BASE + ["method.name=best_of_n"]))
+    runtime = build_runtime(load_config("default", BASE + ["method.name=best_of_n"]))
     out = {}
     for method in ("self_consistency", "best_of_n"):
         for n in (BIG_N, SMALL_N):

@@ -14,7 +14,8 @@ import pytest
 from nabla_dist.cli import main
 from nabla_dist.experiment.config import load_config
 from nabla_dist.experiment.results import ResultsFile
-from nabla_dist.experiment.run import Experiment, build_local_runtime
+from nabla_dist.experiment.build import build_runtime
+from nabla_dist.experiment.run import Experiment
 from nabla_dist.experiment.summary import WALL_TIME_KEYS
 
 PROBLEMS = 6
@@ -50,7 +51,7 @@ def test_a_killed_run_resumes_to_the_same_results_and_summary(tmp_path, tiny_pat
     assert 2 <= finished_before_kill < PROBLEMS
 
     cfg = load_config("default", RESUME + [f"output_dir={killed}"])
-    runtime = build_local_runtime(cfg)
+    runtime = build_runtime(cfg)
     resumed = Experiment(cfg, runtime).run()
     whole = tmp_path / "whole"
     uninterrupted = Experiment(load_config("default", RESUME + [f"output_dir={whole}"]), runtime).run()
@@ -66,7 +67,7 @@ def test_a_killed_run_resumes_to_the_same_results_and_summary(tmp_path, tiny_pat
 
 @pytest.fixture(scope="module")
 def runtime(tiny_paths):
-    return build_local_runtime(load_config("default", ["method.name=best_of_n"]))
+    return build_runtime(load_config("default", ["method.name=best_of_n"]))
 
 
 METHODS = {
@@ -137,9 +138,9 @@ def test_the_acceleration_switches_reach_the_engines_and_leave_results_unchanged
         out = tmp_path / str(size)
         cfg = load_config("default", args + [f"output_dir={out}", f"policy.prefix_cache={size}",
                                              f"reward.prefix_cache={size}", f"policy.lazy_probe={lazy}"])
-        runtime = build_local_runtime(cfg)
-        assert runtime.policy.options.prefix_cache == runtime.reward.options.prefix_cache == size
-        assert runtime.policy.options.lazy_probe is lazy
+        runtime = build_runtime(cfg)
+        assert runtime.policy.spec.prefix_cache == runtime.reward.spec.prefix_cache == size
+        assert runtime.policy.spec.lazy_probe is lazy
         Experiment(cfg, runtime).run()
         responses[size] = {r["problem_id"]: r["response"] for r in ResultsFile(out / "results.jsonl").read()}
     assert responses[64] == responses[0] and len(responses[0]) == 2

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from nabla_dist.experiment.config import load_config
-from nabla_dist.experiment.run import Experiment, build_local_runtime
+from nabla_dist.experiment.build import build_runtime
+from nabla_dist.experiment.run import Experiment
 from nabla_dist.experiment.tracking import RUN_ID_FILE, flatten
 
 BASE = ["data.limit=2", "method.name=greedy", "method.max_new_tokens=8"]
@@ -67,7 +68,7 @@ def _read_logged(run_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def runtime(tiny_paths):
-    return build_local_runtime(load_config("default", BASE))
+    return build_runtime(load_config("default", BASE))
 
 
 @pytest.fixture

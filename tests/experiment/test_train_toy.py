@@ -39,7 +39,7 @@ def test_recipe_end_to_end_writes_models_the_engines_load(tiny_run):
     tokenizer = load_tokenizer(str(out / "policy"))
     policy = PolicyEngine(load_causal_lm(str(out / "policy")), tokenizer)
     reward = RewardEngine(load_reward_model(str(out / "reward")), load_tokenizer(str(out / "reward")), tokenizer)
-    prompt = policy.encode_prompt("Compute 3 + 4 * 5.")
+    prompt = policy.prompts.encode("Compute 3 + 4 * 5.")
     score = reward.score([Reward(prompt.text, tokenizer("3 + 4 = 7.")["input_ids"])])[0]
     assert torch.isfinite(torch.tensor(score.reward))
     saved = json.loads((out / "reward" / "train_report.json").read_text())
@@ -93,7 +93,7 @@ def test_shipped_policy_is_right_on_about_half_of_held_out_problems():
     engine = PolicyEngine(load_causal_lm(path), load_tokenizer(path))
     runtime = LocalRuntime(engine, None)
     problems = generate(20, seed=0, split="test")  # the first of the report's held-out problems
-    prompts = {p.id: engine.encode_prompt(p.question) for p in problems}
+    prompts = {p.id: engine.prompts.encode(p.question) for p in problems}
     programs = {p.id: greedy(prompts[p.id], 128, 0) for p in problems}
     correct = {}
 

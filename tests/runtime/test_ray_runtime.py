@@ -7,6 +7,7 @@ through it and compares results.jsonl with the in-process runtime.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -18,10 +19,11 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from nabla_dist.algorithm.requests import Rollout, SamplingParams  # noqa: E402
+from nabla_dist.experiment.build import build_runtime  # noqa: E402
 from nabla_dist.experiment.config import ConfigError, load_config  # noqa: E402
 from nabla_dist.experiment.run import Experiment  # noqa: E402
 from nabla_dist.runtime.cluster import start_ray  # noqa: E402
-from nabla_dist.runtime.ray_runtime import NoReplicaLeft, RayRuntime  # noqa: E402
+from nabla_dist.runtime.ray_runtime import NoReplicaLeft  # noqa: E402
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -32,12 +34,8 @@ TIMING = ("wall_s", "session", "finished_at")
 
 
 def config(out, *overrides, **runtime):
-    """A config from overrides; runtime fields are set on the object, so fields that
-    RuntimeConfig does not declare yet (tp_size, …) can be given too."""
-    cfg = load_config(None, [f"output_dir={out}", *METHOD, *overrides])
-    for key, value in runtime.items():
-        setattr(cfg.runtime, key, value)
-    return cfg
+    """A config from overrides, `runtime.<key>=<value>` for each keyword."""
+    return load_config(None, [f"output_dir={out}", *METHOD, *overrides, *(f"runtime.{k}={v}" for k, v in runtime.items())])
 
 
 def results(out) -> dict:
@@ -77,7 +75,7 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def runtime(ray_session, tmp_path_factory):
-    runtime = RayRuntime.from_config(config(tmp_path_factory.mktemp("boot"), **RAY))
+    runtime = build_runtime(config(tmp_path_factory.mktemp("boot"), **RAY))
     yield runtime
     runtime.shutdown()
 
@@ -99,7 +97,7 @@ def test_ray_tp2_results_equal_local_results(undisturbed, tmp_path):
 
 
 def test_requests_are_batched_across_problems_with_unbatched_results(runtime, tmp_path):
-    runtime.max_batch_size = 8
+    runtime.options = dataclasses.replace(runtime.options, max_batch_size=8)
     calls, served = total(runtime.engine_calls), total(runtime.requests_served)
     Experiment(config(tmp_path / "ray", "data.limit=8", "runtime.max_in_flight=8", **RAY), runtime=runtime).run()
     calls, served = total(runtime.engine_calls) - calls, total(runtime.requests_served) - served
@@ -153,7 +151,7 @@ def test_zero3_tied_policy_and_reward_equal_local_results(ray_session, tmp_path)
     Experiment(config(tmp_path / "local", *overrides)).run()
     cfg = config(tmp_path / "ray", *overrides, **{**RAY, "sharding": "zero3", "reward_tp_size": 2,
                                                   "cpus_per_actor": 0.1})
-    runtime = RayRuntime.from_config(cfg)
+    runtime = build_runtime(cfg)
     try:
         Experiment(cfg, runtime=runtime).run()
     finally:
@@ -161,21 +159,41 @@ def test_zero3_tied_policy_and_reward_equal_local_results(ray_session, tmp_path)
     assert results(tmp_path / "ray") == results(tmp_path / "local")
 
 
+@pytest.mark.parametrize("kind", ["classifier", "verifier"])
+def test_every_reward_kind_scores_on_ray_as_it_does_locally(ray_session, tmp_path, kind):
+    """Ray replicas build their reward engine the way the local runtime does (a verifier once
+    got a randomly initialised classifier head on Ray, silently)."""
+    reward = ["reward.kind=verifier", "reward.path=tiny:policy", "reward.verdict=is"] if kind == "verifier" else []
+    overrides = ("data.limit=2", "method.name=best_of_n", "method.n=3", *reward)
+    Experiment(config(tmp_path / "local", *overrides)).run()
+    cfg = config(tmp_path / "ray", *overrides, kind="ray", reward_replicas=1, cpus_per_actor=0.5)
+    runtime = build_runtime(cfg)
+    try:
+        Experiment(cfg, runtime=runtime).run()
+    finally:
+        runtime.shutdown()
+    local, remote = results(tmp_path / "local"), results(tmp_path / "ray")
+    assert local.keys() == remote.keys()
+    for key in local:
+        rewards = [c.pop("reward") for c in local[key]["candidates"]]
+        assert [c.pop("reward") for c in remote[key]["candidates"]] == pytest.approx(rewards, abs=1e-5)
+        assert remote[key] == local[key]
+
+
 @pytest.mark.parametrize(
     "runtime_fields, reward_tokenizer, message",
     [
-        (dict(tp_size=3), None, "runtime.tp_size=3 does not divide"),
+        (dict(tp_size=3), None, "runtime.tp_size 3 does not divide"),
         (dict(gpus_per_actor=1.0), None, "GPUs"),
         (dict(), "unalignable", "cannot serve this policy"),
     ],
 )
 def test_bad_layouts_fail_before_any_actor_starts(ray_session, tmp_path, runtime_fields, reward_tokenizer, message):
-    cfg = config(tmp_path, **{**RAY, **runtime_fields})
-    if reward_tokenizer:
-        cfg.reward.tokenizer = str(unalignable_tokenizer(tmp_path / reward_tokenizer))
+    tokenizer = [f"reward.tokenizer={unalignable_tokenizer(tmp_path / reward_tokenizer)}"] if reward_tokenizer else []
+    cfg = config(tmp_path, *tokenizer, **{**RAY, **runtime_fields})
     cpus = ray.available_resources().get("CPU", 0)
     with pytest.raises(ConfigError, match=message):
-        RayRuntime.from_config(cfg)
+        build_runtime(cfg)
     assert ray.available_resources().get("CPU", 0) == cpus  # no actor was started
 
 
@@ -195,10 +213,10 @@ def unalignable_tokenizer(path):
 
 def test_unreachable_address_is_a_clear_error(tmp_path):
     script = (
+        "from nabla_dist.experiment.build import build_runtime\n"
         "from nabla_dist.experiment.config import load_config\n"
-        "from nabla_dist.runtime.ray_runtime import RayRuntime\n"
         f"cfg = load_config(None, ['output_dir={tmp_path}', 'runtime.kind=ray', 'runtime.address=127.0.0.1:9'])\n"
-        "RayRuntime.from_config(cfg)\n"
+        "build_runtime(cfg)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
@@ -209,7 +227,7 @@ def test_unreachable_address_is_a_clear_error(tmp_path):
 def test_replica_that_keeps_dying_is_retired_with_a_clear_error(ray_session, tmp_path):
     cfg = config(tmp_path, "data.limit=2", "method.name=greedy", kind="ray", policy_replicas=1, tp_size=1,
                  reward_replicas=0, cpus_per_actor=0.5, max_restarts=0)
-    runtime = RayRuntime.from_config(cfg)
+    runtime = build_runtime(cfg)
     try:
         ray.kill(runtime.policy[0].actors[0], no_restart=True)
         with pytest.raises(NoReplicaLeft, match="every policy replica is retired"):

@@ -1,0 +1,72 @@
+"""From an experiment config to a running runtime: checks first, then engines or replicas.
+
+The one place where the experiment layer turns its config into what the lower layers
+take: specs (`cfg.policy`, `cfg.reward`), runtime options (`cfg.runtime`) and the program
+for each problem. Everything that can be checked on tokenizers and config files is checked
+before any model loads.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nabla_dist.algorithm.baselines import best_of_n, greedy, self_consistency
+from nabla_dist.algorithm.nabla import NablaReasoner
+from nabla_dist.algorithm.program import Program, Prompt
+from nabla_dist.engines.build import check_policy, check_reward
+from nabla_dist.experiment.config import ConfigError, ExperimentConfig
+from nabla_dist.runtime.interface import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def needs_reward(cfg: ExperimentConfig) -> bool:
+    m = cfg.method
+    return m.name == "best_of_n" or (m.name == "nabla" and (m.lambda_reward != 0 or m.rejection_sampling))
+
+
+def preflight(cfg: ExperimentConfig) -> None:
+    """The engines' own checks on tokenizers and config files (chat templates, vocabulary
+    alignment, the verifier's verdict token, tensor-parallel head counts)."""
+    if needs_reward(cfg) and cfg.reward is None:
+        raise ConfigError(f"method.name={cfg.method.name} needs a reward model: set reward.path")
+    if needs_reward(cfg) and cfg.runtime.kind == "ray" and cfg.runtime.reward_replicas == 0:
+        raise ConfigError(f"method.name={cfg.method.name} needs a reward model: set runtime.reward_replicas ≥ 1")
+    for key in cfg.runtime.ignored_by_local():
+        log.warning("runtime.%s=%r has no effect with runtime.kind=local", key, getattr(cfg.runtime, key))
+    ray = cfg.runtime.kind == "ray"
+    try:
+        tokenizer = check_policy(cfg.policy, sharding=cfg.runtime.sharding, tp_size=cfg.runtime.tp_size if ray else 1)
+        if needs_reward(cfg):
+            check_reward(cfg.reward, tokenizer, sharding=cfg.runtime.sharding,
+                         tp_size=cfg.runtime.reward_tp_size if ray else 1)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
+def build_runtime(cfg: ExperimentConfig) -> Runtime:
+    """`runtime.kind`: local engines in this process, or Ray replicas (same interface)."""
+    preflight(cfg)
+    reward = cfg.reward if needs_reward(cfg) else None
+    if cfg.runtime.kind == "ray":
+        from nabla_dist.runtime.ray_runtime import RayRuntime
+
+        try:
+            return RayRuntime.start(cfg.policy, reward, cfg.runtime, cfg.method.stop,
+                                    keep_head=cfg.method.parametrization == "latents")
+        except ValueError as error:  # the cluster cannot hold the replicas, or is not there
+            raise ConfigError(str(error)) from error
+    from nabla_dist.runtime.local import LocalRuntime
+
+    return LocalRuntime.start(cfg.policy, reward, cfg.runtime, cfg.method.stop)
+
+
+def make_program(cfg: ExperimentConfig, prompt: Prompt, seed: int, head=None) -> Program:
+    m = cfg.method
+    if m.name == "nabla":
+        return NablaReasoner(prompt, m, seed, head).run()
+    if m.name == "greedy":
+        return greedy(prompt, m.max_new_tokens, seed)
+    if m.name == "self_consistency":
+        return self_consistency(prompt, m, seed)
+    return best_of_n(prompt, m, seed)
