@@ -9,6 +9,7 @@ the same type across problems. Token ids are plain lists; tensors are CPU tensor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -17,16 +18,18 @@ from nabla_dist.algorithm.checks import check
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """temperature 0 means greedy; top_k 0 and top_p 1.0 disable those filters."""
+    """temperature 0 means greedy; top_k 0 and top_p 1.0 disable those filters; top_k None:
+    the policy's generation config decides (experiment/build.py resolves it; off if unset)."""
 
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0
+    top_k: Optional[int] = None
 
     def __post_init__(self):
         check(self.temperature >= 0, "temperature", self.temperature, "use ≥ 0 (0 = greedy)")
         check(0 < self.top_p <= 1, "top_p", self.top_p, "use a value in (0, 1]")
-        check(self.top_k >= 0, "top_k", self.top_k, "use ≥ 0 (0 = off)")
+        check(self.top_k is None or self.top_k >= 0, "top_k", self.top_k,
+              "use ≥ 0 (0 = off), or null for the model's generation config")
 
 
 @dataclass
@@ -53,6 +56,7 @@ class RolloutResult:
     stopped: bool  # True if EOS or a stop string ended the rollout
     confidence: torch.Tensor  # [m] max softmax probability of each generated step
     entropy: torch.Tensor  # [m] entropy of each generated step's distribution
+    argmax: list[int] = field(default_factory=list)  # [m] argmax of each step's logits (the ST forward)
     latent_positions: list[int] = field(default_factory=list)
     latents: torch.Tensor | None = None  # [k, V] or [k, H] at latent_positions
     forward_tokens: int = 0  # tokens run through the model: prefill + fed-back samples

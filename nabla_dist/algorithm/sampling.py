@@ -22,7 +22,7 @@ def _warpers(params: SamplingParams) -> LogitsProcessorList:
     warpers = LogitsProcessorList()
     if params.temperature != 1.0:
         warpers.append(TemperatureLogitsWarper(params.temperature))
-    if params.top_k > 0:
+    if params.top_k:  # None (unresolved) and 0 are off
         warpers.append(TopKLogitsWarper(params.top_k))
     if params.top_p < 1.0:
         warpers.append(TopPLogitsWarper(params.top_p))

@@ -101,7 +101,7 @@ class PolicyEngine:
         results: list[RolloutResult | None] = [None] * len(requests)
         live = [i for i, r in enumerate(requests) if r.max_new_tokens > 0]
         for i in set(range(len(requests))) - set(live):
-            results[i] = RolloutResult([], False, torch.zeros(0), torch.zeros(0))
+            results[i] = RolloutResult([], False, torch.zeros(0), torch.zeros(0), [])
         if live:
             for i, result in zip(live, self._rollout_batch([requests[i] for i in live])):
                 results[i] = result
@@ -135,7 +135,7 @@ class PolicyEngine:
         pad = self.tokenizer.pad_token_id
         generators = [make_generator(r.seed) for r in requests]
         tokens = [[] for _ in requests]
-        stats = [([], [], [], []) for _ in requests]  # confidence, entropy, latent pos, latents
+        stats = [([], [], [], [], []) for _ in requests]  # confidence, entropy, argmax, latent pos, latents
         done = [False] * batch
         stopped = [False] * batch
         # the whole prompt is counted even where its KV was cached: counts must not depend on
@@ -146,15 +146,17 @@ class PolicyEngine:
             logits = self._head(hidden)  # [batch, V]
             probs = torch.softmax(logits, dim=-1)
             confidence = probs.max(-1).values
+            argmax = logits.argmax(-1).tolist()  # the straight-through forward's token (ALGORITHM.md)
             entropy = -(probs * torch.log_softmax(logits, dim=-1)).sum(-1)
             next_ids = torch.full((batch,), pad, dtype=torch.long)
             live = [b for b in range(batch) if not done[b]]
             drawn = sample_tokens(logits[live], [requests[b].sampling for b in live], [generators[b] for b in live])
             for b, token in zip(live, drawn):
                 r = requests[b]
-                conf, ent, lat_pos, lat = stats[b]
+                conf, ent, top, lat_pos, lat = stats[b]
                 conf.append(float(confidence[b]))
                 ent.append(float(entropy[b]))
+                top.append(argmax[b])
                 if r.latents != "none" and (
                     r.latents_max_confidence is None or conf[-1] <= r.latents_max_confidence
                 ):
@@ -183,13 +185,14 @@ class PolicyEngine:
             hidden = hidden[:, -1]
         results = []
         for b in range(batch):
-            conf, ent, lat_pos, lat = stats[b]
+            conf, ent, top, lat_pos, lat = stats[b]
             results.append(
                 RolloutResult(
                     tokens=tokens[b],
                     stopped=stopped[b],
                     confidence=torch.tensor(conf),
                     entropy=torch.tensor(ent),
+                    argmax=top,
                     latent_positions=lat_pos,
                     latents=torch.stack(lat) if lat else None,
                     forward_tokens=forward[b],

@@ -101,6 +101,19 @@ def experiment_file(experiment: str) -> Path:
     return yaml_file(experiment, CONFIG_DIR, "experiment")
 
 
+def experiment_layers(experiment: str, seen: tuple[str, ...] = ()) -> list[DictConfig]:
+    """The experiment file and, first, the experiments it names as `base:` (one level each)."""
+    path = experiment_file(experiment)
+    if str(path) in seen:
+        raise ConfigError(f"{path}: `base:` loops back to itself through {list(seen)}")
+    layer = OmegaConf.load(path)
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"{path}: an experiment file is a mapping of keys, not a {type(layer).__name__}")
+    base = layer.pop("base", None)
+    below = experiment_layers(str(base), (*seen, str(path))) if base else []
+    return [*below, upgrade_keys(layer, str(path))]
+
+
 def upgrade_keys(node: DictConfig, where: str, strict: bool = True) -> DictConfig:
     """Map keys of earlier versions (LEGACY_KEYS) onto today's. A key that had no effect is
     refused with the reason (`strict`, a user's file or override) or dropped (a saved run)."""
@@ -126,8 +139,7 @@ def load_config(experiment: str | None = "default", overrides: list[str] = ()) -
     try:
         cfg = OmegaConf.structured(ExperimentConfig)
         if experiment:
-            path = experiment_file(experiment)
-            cfg = OmegaConf.merge(cfg, upgrade_keys(OmegaConf.load(path), str(path)))
+            cfg = OmegaConf.merge(cfg, *experiment_layers(experiment))
         cfg = OmegaConf.merge(cfg, upgrade_keys(OmegaConf.from_dotlist(list(overrides)), "override"))
         return build(cfg)
     except OmegaConfBaseException as error:

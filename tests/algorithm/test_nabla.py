@@ -24,11 +24,13 @@ class RecordingRuntime(LocalRuntime):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.served = []
+        self.served, self.answered = [], []
 
     def serve(self, requests):
         self.served += requests
-        return super().serve(requests)
+        answers = super().serve(requests)
+        self.answered += list(zip(requests, answers))
+        return answers
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +77,26 @@ def test_counts_equal_hand_computation_from_event_log(engines):
     assert sum(isinstance(r, PolicyGrad) for r in served) == total("grad_inner") + total("grad_probe")
     assert sum(isinstance(r, RewardGrad) for r in served) == total("grad_inner") + total("grad_probe")
     assert sum(isinstance(r, Reward) for r in served) == 2 * total("compare")
+
+
+def test_gradients_run_on_the_argmax_sequence_not_the_sampled_one(engines):
+    """Alg. 2: y_i = one-hot(argmax z_i) at every ahead position, where the rollout sampled
+    another token too; what is committed is the sampled text."""
+    policy, _ = engines
+    _, runtime = run_programs(engines)
+    prompts = [policy.prompts.encode(q).ids for q in QUESTIONS]
+    first_rollouts, first_probes = {}, {}
+    for request, answer in runtime.answered:
+        if isinstance(request, Rollout) and request.prompt_ids in prompts:
+            first_rollouts.setdefault(len(request.prompt_ids), answer)
+        if isinstance(request, PolicyGrad) and request.ids[: request.ahead_start] in prompts:
+            first_probes.setdefault(request.ahead_start, request)
+    differing = 0
+    for length, rollout in first_rollouts.items():
+        probe = first_probes[length]  # committed is empty: the probe's ahead is the whole rollout
+        assert probe.ids[length:] == rollout.argmax
+        differing += rollout.argmax != rollout.tokens
+    assert differing, "some rollout must sample a token other than the argmax for this test to bite"
 
 
 def test_rejection_scores_both_responses_in_the_same_template(engines):

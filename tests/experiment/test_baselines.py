@@ -31,12 +31,12 @@ class CountingRuntime(LocalRuntime):
 
 @pytest.fixture(scope="module")
 def runtime(tiny_paths):
-    return build_runtime(load_config("default", BASE + ["method.name=best_of_n"]))
+    return build_runtime(load_config("tiny", BASE + ["method.name=best_of_n"]))
 
 
 def run(method: str, tmp_path, runtime):
     counting = CountingRuntime(runtime)
-    cfg = load_config("default", BASE + [f"method.name={method}", f"output_dir={tmp_path / method}"])
+    cfg = load_config("tiny", BASE + [f"method.name={method}", f"output_dir={tmp_path / method}"])
     summary = Experiment(cfg, counting).run()[method]
     return ResultsFile(tmp_path / method / "results.jsonl").read(), summary, counting.requests
 

@@ -39,7 +39,7 @@ def nabla_summary(avg: float, calls: float, forward: float, backward: float, run
 
 def write_run(path, overrides: list[str], summary: dict, records: list[dict]) -> None:
     path.mkdir(parents=True)
-    cfg = load_config("default", ["wandb.mode=disabled", f"output_dir={path}", *overrides])
+    cfg = load_config("tiny", ["wandb.mode=disabled", f"output_dir={path}", *overrides])
     (path / "config.yaml").write_text(to_yaml(cfg))
     (path / "summary.json").write_text(json.dumps(summary))
     (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

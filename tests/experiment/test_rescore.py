@@ -21,12 +21,12 @@ TIMING = ("wall_s", "session", "finished_at")
 @pytest.fixture(scope="module")
 def runs(tiny_paths, tmp_path_factory):
     """{(method, n): (output_dir, records by problem)} for N=4 and n=2 runs, same seeds."""
-    runtime = build_runtime(load_config("default", BASE + ["method.name=best_of_n"]))
+    runtime = build_runtime(load_config("tiny", BASE + ["method.name=best_of_n"]))
     out = {}
     for method in ("self_consistency", "best_of_n"):
         for n in (BIG_N, SMALL_N):
             path = tmp_path_factory.mktemp(f"{method}{n}")
-            Experiment(load_config("default", BASE + [f"method.name={method}", f"method.n={n}",
+            Experiment(load_config("tiny", BASE + [f"method.name={method}", f"method.n={n}",
                                                      f"output_dir={path}"]), runtime).run()
             out[method, n] = path, sorted(ResultsFile(path / "results.jsonl").read(), key=lambda r: r["problem_id"])
     return out
