@@ -57,7 +57,11 @@ def bin_uppers(scores: np.ndarray, bins: int) -> np.ndarray:
     observed score, so no bin is empty and tied scores share a bin."""
     if bins < 1:
         raise ValueError(f"bins={bins}: use at least one difficulty bin")
-    return np.unique(np.quantile(scores, np.linspace(0, 1, bins + 1)[1:], method="inverted_cdf"))
+    ordered = np.sort(scores)
+    n = len(ordered)
+    # the i/bins quantile is the smallest score with at least i·n/bins scores at or below it (integer
+    # arithmetic: a float 0.6 would land on the next score)
+    return np.unique(ordered[[-(-i * n // bins) - 1 for i in range(1, bins + 1)]])
 
 
 def assign(scores: np.ndarray, uppers: np.ndarray) -> np.ndarray:
@@ -157,10 +161,10 @@ def compute_optimal(measure: str, curves: list[Series], bins: Bins, budgets: lis
     evaluation = "in-sample" if np.array_equal(bins.select, bins.evaluate) else "held-out half"
     out = []
     for c in budgets:
-        affordable = compute <= c * (1 + SAME_COMPUTE)
+        affordable = (compute <= c * (1 + SAME_COMPUTE)) & ~np.isnan(overall)  # options that graded the problems
         if not affordable.any():
             continue
-        single = int(np.argmax(np.where(affordable, np.nan_to_num(overall, nan=-1), -np.inf)))  # first max: cheapest
+        single = int(np.argmax(np.where(affordable, overall, -np.inf)))  # the first maximum: the cheapest
         score = np.where(affordable[:, None], np.nan_to_num(on_select, nan=-1), -np.inf)  # [J, bins]
         per_bin = np.argmax(score, axis=0)  # [bins]
         per_bin = np.where(np.isnan(on_select[per_bin, np.arange(len(numbers))]), single, per_bin)

@@ -25,6 +25,7 @@ Intervals are percentile intervals over problems resampled with replacement.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,7 +178,8 @@ def resampled_means(correct: np.ndarray, graded: np.ndarray, weights: np.ndarray
 def interval(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval over axis 0, ignoring NaN resamples."""
     tail = (1 - level) / 2
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # NaN resamples are skipped; a column NaN in all of them gives NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanquantile(samples, tail, axis=0), np.nanquantile(samples, 1 - tail, axis=0)
 
 

@@ -175,7 +175,8 @@ def _difficulty_section(analysis: dict, plots: list[str]) -> list[str]:
         return lines + ["No base for difficulty bins: the report has neither an SC / BoN run with candidates nor a "
                         "greedy run with graded results.", ""]
     sizes = {number: int((bins.labels == number).sum()) for number, _ in bins.ranges()}
-    lines += [f"Base score: {bins.base}. {bins.count} bins (of {analysis['bins_asked']} asked: quantiles of the "
+    lines += [f"Base score: {bins.base}. {bins.count} bin{'s' if bins.count > 1 else ''} (of {analysis['bins_asked']} "
+              "asked: quantiles of the "
               "scores; tied scores share a bin); bin 1 is the easiest.", ""]
     lines += _table(["bin", "base score", "problems"], [[str(n), scores, str(sizes[n])] for n, scores in bins.ranges()])
     lines += ["At each budget the options are the report's points (every method at every budget it was run or "

@@ -84,8 +84,9 @@ def budget_grid(low: float, high: float, most: int = 6) -> list[float]:
     evenly), or four log-spaced values when fewer than three round ones fit."""
     if not 0 < low <= high:
         return []
-    round_values = [m * 10.0 ** k for k in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
-                    for m in (1, 2, 5) if low * (1 - SAME_COMPUTE) <= m * 10.0 ** k <= high * (1 + SAME_COMPUTE)]
+    decades = range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+    round_values = [float(f"{m}e{k}") for k in decades for m in (1, 2, 5)
+                    if low * (1 - SAME_COMPUTE) <= float(f"{m}e{k}") <= high * (1 + SAME_COMPUTE)]
     if len(round_values) < 3:
         return sorted({float(f"{c:.3g}") if low <= float(f"{c:.3g}") <= high else c
                        for c in np.geomspace(low, high, 4 if high > low else 1)})
@@ -234,8 +235,8 @@ def extrapolation_rows(measure: str, fits: list[CurveFit]) -> list[dict]:
             p, o = _estimate(*predicted), _estimate(*observed)
             error = _estimate(predicted[0] - observed[0], predicted[1] - observed[1])
             out.append({"measure": measure, "curve": s.curve, "form": name, "chosen": name == fit.chosen,
-                        "fitted_up_to": float(10 ** u_train.max()), "points_fitted": int(train.sum()),
-                        "target": float(10 ** u_top), "decades_beyond": u_top - float(u_train.max()),
+                        "fitted_up_to": float(s.compute[train].max()), "points_fitted": int(train.sum()),
+                        "target": float(s.compute[top][0]), "decades_beyond": u_top - float(u_train.max()),
                         "predicted": p["value"], "predicted_ci_low": p["ci_low"], "predicted_ci_high": p["ci_high"],
                         "observed": o["value"], "observed_ci_low": o["ci_low"], "observed_ci_high": o["ci_high"],
                         "error": error["value"], "error_ci_low": error["ci_low"], "error_ci_high": error["ci_high"]})
