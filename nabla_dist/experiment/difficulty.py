@@ -79,9 +79,10 @@ def base_scores(rows: list[dict], runs: dict, problems: list[str], base: str = "
     candidates = runs.get("candidates", {})
     verdicts = runs.get("verdicts", {})
     chosen = None
+    samples = lambda records: max(len(r.get("candidates") or []) for r in records)  # noqa: E731
     if base == "auto" and candidates:
-        (run, method), records = max(candidates.items(), key=lambda item: len(item[1][0].get("candidates") or []))
-        chosen = (f"fraction of correct candidates in {run} ({len(records[0]['candidates'])} samples per result)",
+        (run, _), records = max(candidates.items(), key=lambda item: samples(item[1]))
+        chosen = (f"fraction of correct candidates in {run} ({samples(records)} samples per result)",
                   candidate_accuracy(records))
     elif base in ("auto", "greedy"):
         key = next(((r["run"], r["method"]) for r in rows if r["method"] == "greedy" and verdicts.get((r["run"], "greedy"))),

@@ -18,8 +18,9 @@ edges, each a clipped one-dimensional optimum); α is profiled on a log grid and
 golden section. Everything is vectorized over leading axes, so the thousands of fits of a
 bootstrap run as a few array operations (a loop of scipy.optimize calls would take minutes).
 
-The form of a curve is chosen by held-out error: leave one budget out, fit the rest, predict
-it; the lowest root-mean-square error wins, ties to the form with fewer coefficients.
+The form of a curve is chosen by held-out error: leave one budget out (each but the smallest),
+fit the rest, predict it; the lowest root-mean-square error wins, ties to the form with fewer
+coefficients.
 Intervals are percentile intervals over problems resampled with replacement.
 """
 
@@ -133,12 +134,14 @@ def _fit_power(v: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def heldout_rmse(form: Form, u: np.ndarray, y: np.ndarray) -> float | None:
-    """Root-mean-square error predicting each budget from a fit to the others (None: too few budgets)."""
+    """Root-mean-square error predicting each budget above the smallest from a fit to the others (None:
+    too few budgets). The smallest is never held out: the forms are anchored there and the report never
+    asks a fit below its smallest compute, where a power form's (c/c0)^(−α) explodes."""
     u, y = np.asarray(u, float), np.asarray(y, float)
     if len(np.unique(u)) < form.min_points + 1:
         return None
     errors = []
-    for j in range(len(u)):
+    for j in np.flatnonzero(u > u.min()):
         rest = np.arange(len(u)) != j
         if len(np.unique(u[rest])) < form.min_points:
             return None

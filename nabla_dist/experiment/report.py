@@ -26,7 +26,6 @@ sweep's group) when the runs' wandb.mode (or --wandb) is not "disabled".
 from __future__ import annotations
 
 import csv
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +36,6 @@ from nabla_dist.experiment.fits import resample_weights
 from nabla_dist.experiment.plots import plot_accuracy, plot_difficulty, plot_rejection
 from nabla_dist.experiment.report_md import fmt, write_markdown
 from nabla_dist.experiment.scaling import analyze, series
-
-log = logging.getLogger(__name__)
 
 TABLES = ("summary", "fits", "predictions", "comparisons", "extrapolation", "bins", "difficulty", "compute_optimal")
 

@@ -83,7 +83,8 @@ def _fits_section(analysis: dict) -> list[str]:
              "B = (A − a)·c0^α follows from them and is not tabulated, in FLOPs it spans tens of orders of "
              "magnitude). Bounds: a, A and the line's values "
              f"over the fitted range in [0, 1], α in [{ALPHA_MIN}, {ALPHA_MAX}], so no fit predicts an accuracy "
-             "outside [0, 1]. **Chosen by held-out error**: leave one budget out, fit the others, predict it; "
+             "outside [0, 1]. **Chosen by held-out error**: leave one budget out (each but the smallest, where the "
+             "forms are anchored), fit the others, predict it; "
              "the form of lowest root-mean-square error wins (ties to log-linear). A form is judged only with "
              "one budget more than its coefficients (log-linear 3, power 4); with none judged, log-linear is "
              f"kept. Brackets: 95% percentile intervals over {analysis['bootstrap']} bootstrap resamples of the "
@@ -179,6 +180,11 @@ def _difficulty_section(analysis: dict, plots: list[str]) -> list[str]:
               "asked: quantiles of the "
               "scores; tied scores share a bin); bin 1 is the easiest.", ""]
     lines += _table(["bin", "base score", "problems"], [[str(n), scores, str(sizes[n])] for n, scores in bins.ranges()])
+    if half is not None:
+        lines += ["Held-out rows' bins (edges from the selecting half): " + "; ".join(
+            f"bin {n} {scores}: {int(((half.labels == n) & half.select).sum())} + "
+            f"{int(((half.labels == n) & half.evaluate).sum())} problems" for n, scores in half.ranges())
+            + " (selecting + evaluating half).", ""]
     lines += ["At each budget the options are the report's points (every method at every budget it was run or "
               "re-scored at) whose mean compute per problem is at most the budget; the choice per bin takes the "
               "option of highest accuracy on that bin, the best single method the option of highest accuracy "

@@ -158,9 +158,9 @@ def test_fit_coefficients_are_the_least_squares_line_on_log10_compute_with_inter
     residuals = [0.2 - (1.3 / 3 - 0.2), 0.5 - (1.3 / 3), 0.6 - (1.3 / 3 + 0.2)]
     total = sum((y - 1.3 / 3) ** 2 for y in (0.2, 0.5, 0.6))
     assert float(line["r2"]) == pytest.approx(1 - sum(r * r for r in residuals) / total)
-    # held out: (1, .5), (2, .6) predict .4 at 0 (error .2); (0, .2), (2, .6) predict .4 at 1 (−.1);
-    # (0, .2), (1, .5) predict .8 at 2 (+.2)
-    assert float(line["heldout_rmse"]) == pytest.approx(math.sqrt((0.04 + 0.01 + 0.04) / 3))
+    # held out (each budget but the smallest): (0, .2), (2, .6) predict .4 at 1 (−.1); (0, .2), (1, .5) predict
+    # .8 at 2 (+.2)
+    assert float(line["heldout_rmse"]) == pytest.approx(math.sqrt((0.01 + 0.04) / 2))
     for coefficient in ("a", "b"):
         assert float(line[f"{coefficient}_ci_low"]) <= float(line[coefficient]) <= float(line[f"{coefficient}_ci_high"])
         assert float(line[f"{coefficient}_ci_low"]) < float(line[f"{coefficient}_ci_high"])
