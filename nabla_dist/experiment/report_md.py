@@ -88,8 +88,9 @@ def _fits_section(analysis: dict) -> list[str]:
              "the form of lowest root-mean-square error wins (ties to log-linear). A form is judged only with "
              "one budget more than its coefficients (log-linear 3, power 4); with none judged, log-linear is "
              f"kept. Brackets: 95% percentile intervals over {analysis['bootstrap']} bootstrap resamples of the "
-             f"{problems} problems (seed {analysis['seed']}), the same resamples for every curve; a point's compute "
-             "is held at its mean. A curve with one budget (greedy) has no fit.", ""]
+             f"{problems} problems (seed {analysis['seed']}), the same resamples for every curve, each form refitted "
+             "on each resample (the choice of form is not redone); a point's compute is held at its mean. A curve "
+             "with one budget (greedy) has no fit.", ""]
     table = []
     for m in measures.values():
         flops = m.measure == "FLOPs"
