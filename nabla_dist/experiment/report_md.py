@@ -29,7 +29,7 @@ def _ci(row: dict, key: str, signed: bool = False) -> str:
     if row.get(key) is None:
         return "—"
     value = fmt(row[key])
-    if signed and row[key] > 0:
+    if signed and row[key] > 0 and value != "0":
         value = "+" + value
     return f"{value} [{fmt(row.get(key + '_ci_low'))}, {fmt(row.get(key + '_ci_high'))}]"
 
@@ -206,12 +206,14 @@ def _difficulty_section(analysis: dict, plots: list[str]) -> list[str]:
         if not choices:
             continue
         flops = measure == "FLOPs"
-        numbers = [n for n, _ in bins.ranges()]
+        # the held-out rows' bins come from the selecting half: their count can differ from the in-sample one
+        numbers = sorted({int(k[3:]) for c in choices for k in c if k[3:].isdigit() and k.startswith("bin")})
         lines += [f"{measure}:", ""]
         lines += _table(["evaluation", "budget", *[f"bin {n}" for n in numbers], "per-bin choice", "best single",
                          "gain"],
                         [[c["evaluation"], fmt(c["compute"], flops),
-                          *[f"{c.get(f'bin{n}', '—')} ({fmt(c.get(f'bin{n}_accuracy'))})" for n in numbers],
+                          *[f"{c[f'bin{n}']} ({fmt(c[f'bin{n}_accuracy'])})" if f"bin{n}" in c else "—"
+                            for n in numbers],
                           _ci(c, "choice"), f"{c['single_option']}: {_ci(c, 'single')}", _ci(c, "gain", True)]
                          for c in choices])
     lines += [f"![{stem}]({stem}.png)" for stem in plots if stem.startswith("difficulty_vs_")]
