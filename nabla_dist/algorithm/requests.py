@@ -77,6 +77,8 @@ class RewardGradResult:
     reward: float
     embedding_grad: torch.Tensor  # [m, H_R], m = len(response_ids) - ahead_start
     tokens: int  # tokens run with gradient (see PolicyGradResult.forward_tokens)
+    passes: int = 1  # forward+backward passes run for it: 0 when served from the gradient memory
+    prefix_tokens: int = 0  # tokens of a prefix-KV build it triggered (one forward, no gradient)
 
 
 @dataclass
@@ -122,9 +124,10 @@ class PolicyGradResult:
     norms: torch.Tensor | None  # [m] ‖∂L/∂y_i‖₂ for every ahead position, if asked
     logprob: float  # Σ_i log π(a_i | ...) over the ahead tokens
     # tokens run forward and backward for this request: the whole sequence, or only the
-    # ahead tokens when the engine serves the prefix from its KV cache (prefix passes,
-    # done once per prefix without grad, are not charged: that keeps counts deterministic)
+    # ahead tokens when the engine serves the prefix from its KV cache; 0 from the memory
     forward_tokens: int
+    passes: int = 1  # forward+backward passes run for it: 0 when served from the gradient memory
+    prefix_tokens: int = 0  # tokens of a prefix-KV build it triggered (one forward, no gradient)
 
 
 Request = Rollout | PolicyGrad | RewardGrad | Reward

@@ -17,6 +17,7 @@ import torch
 from nabla_dist.algorithm.requests import PolicyGrad, PolicyGradResult, Rollout, RolloutResult
 from nabla_dist.algorithm.sampling import make_generator, sample_tokens
 from nabla_dist.engines.batch import pad_rows, positions_from_mask
+from nabla_dist.engines.grad_memory import GradMemory, Remembered
 from nabla_dist.engines.prefix_cache import PrefixCache, forward_after_prefixes, stack_prefixes
 from nabla_dist.engines.projection import AheadGrads, VocabProjection
 from nabla_dist.engines.prompt import PromptEncoder
@@ -56,6 +57,7 @@ class PolicyEngine:
         self._whole_embeddings, self._whole_head, self._sync_logits = whole_embeddings, whole_head, sync_logits
         self.reward_embeddings: torch.Tensor | None = None  # [V, H_R], see set_reward_embeddings
         self.prefix_cache = PrefixCache(self.model.base_model, spec.prefix_cache) if spec.prefix_cache > 0 else None
+        self.memory = GradMemory(spec.grad_memory) if spec.grad_memory > 0 else None
 
     # -- shapes and shared matrices ---------------------------------------------------
     @property
@@ -208,27 +210,34 @@ class PolicyEngine:
 
     # -- PolicyGrad -------------------------------------------------------------------
     def grad(self, requests: list[PolicyGrad]) -> list[PolicyGradResult]:
-        """One forward+backward for the whole batch; see PolicyGrad for what comes back."""
+        """One forward+backward for the batch's requests that the gradient memory cannot
+        serve (grad_memory.py); see PolicyGrad for what comes back."""
         for r in requests:
             if r.lambda_reward != 0 and r.reward_embedding_grad is not None and self.reward_embeddings is None:
                 raise RuntimeError("PolicyGrad carries a reward gradient but no aligned reward embeddings were set")
-        passes = self._ahead_pass_with_prefix if self.prefix_cache is not None else self._ahead_pass
-        log_probs, token_logprob, ahead_grads, forward_tokens = passes(requests)
-        embeddings = self.embeddings
-        pieces, logprobs, offset = [], [], 0
-        for b, r in enumerate(requests):
-            m = len(r.ids) - r.ahead_start
-            logprobs.append(float(token_logprob[offset : offset + m].sum()))
+        remembered = [None if self.memory is None else self.memory.get(tuple(r.ids), r.ahead_start) for r in requests]
+        fresh = [b for b, entry in enumerate(remembered) if entry is None]
+        tokens, prefix_tokens = [0] * len(requests), [0] * len(requests)
+        if fresh:
+            passes = self._ahead_pass_with_prefix if self.prefix_cache is not None else self._ahead_pass
+            for b, (entry, n, built) in zip(fresh, passes([requests[b] for b in fresh])):
+                remembered[b], tokens[b], prefix_tokens[b] = entry, n, built
+                if self.memory is not None:
+                    self.memory.put(tuple(requests[b].ids), entry)
+        pieces, logprobs = [], []
+        for r, entry in zip(requests, remembered):
+            rows = entry.suffix(r.ahead_start)
+            logprobs.append(float(rows["logprob"].sum()))
             with_reward = r.lambda_reward != 0 and r.reward_embedding_grad is not None
             pieces.append(AheadGrads(
-                ell=log_probs[offset : offset + m],  # [m, V]
-                policy=ahead_grads[b],  # [m, H]
+                hidden=rows["hidden"],  # [m, H]
+                policy=rows["grad"],  # [m, H]
                 reward=r.reward_embedding_grad.to(self.device, torch.float32) if with_reward else None,  # [m, H_R]
                 lambda_nll=r.lambda_nll,
                 lambda_reward=r.lambda_reward,
             ))
-            offset += m
-        project = VocabProjection(embeddings, self.reward_embeddings, self.spec.norm_chunk)
+        embeddings = self.embeddings
+        project = VocabProjection(embeddings, self.reward_embeddings, self.spec.norm_chunk, self._log_softmax_head)
         # (positions, [k, V]) per request: fixed positions, or the first reaching the threshold
         answers = {b: (list(r.positions), None) for b, r in enumerate(requests)}
         fixed = [b for b, r in enumerate(requests) if r.norm_threshold is None and r.positions]
@@ -247,17 +256,23 @@ class PolicyEngine:
                     grads=(torch.zeros(0, embeddings.shape[0]) if grads is None else grads).cpu(),
                     norms=project.norms(pieces[b]).cpu() if r.want_norms else None,  # diagnostics and tests
                     logprob=logprobs[b],
-                    forward_tokens=forward_tokens[b],
+                    forward_tokens=tokens[b],
+                    passes=int(b in fresh),
+                    prefix_tokens=prefix_tokens[b],
                 )
             )
         return results
 
-    def _ahead_pass(self, requests: list[PolicyGrad]):
-        """Forward+backward over whole sequences (right padding).
+    @torch.no_grad()
+    def _log_softmax_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """ℓ = log-softmax of the logits of hidden states [k, H] -> [k, V] (as in the pass)."""
+        with self._autocast():
+            return torch.log_softmax(self.model.get_output_embeddings()(hidden).float(), dim=-1)
 
-        Returns log-probs [N, V] for the N ahead tokens of all rows, their token log-probs
-        [N], ∂S/∂(embedding) at each row's ahead positions ([m_b, H] each), tokens run.
-        """
+    def _ahead_pass(self, requests: list[PolicyGrad]) -> list[tuple[Remembered, int, int]]:
+        """Forward+backward over whole sequences (right padding). Per request: its rows
+        (hidden states predicting each ahead token [m, H], ∂S/∂(embedding) there [m, H],
+        token log-probs [m]), tokens run, prefix tokens built (none here)."""
         ids, mask = pad_rows([r.ids for r in requests], self.tokenizer.pad_token_id, left=False, device=self.device)
         inputs = self.embeddings[ids].detach().requires_grad_(True)  # [batch, T, H]
         # Row b's ahead token i (sequence position s_b + i) is predicted at s_b + i - 1.
@@ -265,18 +280,21 @@ class PolicyEngine:
         at = torch.cat([torch.arange(r.ahead_start, len(r.ids)) for r in requests])
         with self._autocast():
             hidden, _ = self._hidden(inputs_embeds=inputs, attention_mask=mask, use_cache=False)
-            log_probs = torch.log_softmax(self._head(hidden[rows, at - 1]), dim=-1)  # [N, V]
+            predicting = hidden[rows, at - 1]  # [N, H]
+            log_probs = torch.log_softmax(self._head(predicting), dim=-1)  # [N, V]
         token_logprob = log_probs.gather(1, ids[rows, at][:, None]).squeeze(1)  # [N]
         (grad_inputs,) = torch.autograd.grad(token_logprob.sum(), inputs)  # [batch, T, H]
-        ahead = [grad_inputs[b, r.ahead_start : len(r.ids)].float() for b, r in enumerate(requests)]
-        return log_probs.detach(), token_logprob.detach(), ahead, [len(r.ids) for r in requests]
+        grads = [grad_inputs[b, r.ahead_start : len(r.ids)].float() for b, r in enumerate(requests)]
+        return self._remembered(requests, predicting, token_logprob, grads, [len(r.ids) for r in requests],
+                                [0] * len(requests))
 
-    def _ahead_pass_with_prefix(self, requests: list[PolicyGrad]):
-        """Same results as `_ahead_pass`, running only the ahead tokens on cached prefix KV."""
+    def _ahead_pass_with_prefix(self, requests: list[PolicyGrad]) -> list[tuple[Remembered, int, int]]:
+        """Same rows as `_ahead_pass`, running only the ahead tokens on cached prefix KV."""
         embeddings = self.embeddings
         keys = [tuple(r.ids[: r.ahead_start]) for r in requests]
         with self._autocast():
-            prefixes = self.prefix_cache.get_many(keys, lambda i: embeddings[torch.tensor(keys[i], device=self.device)])
+            prefixes, built = self.prefix_cache.get_many(
+                keys, lambda i: embeddings[torch.tensor(keys[i], device=self.device)])
         lengths = [len(r.ids) - r.ahead_start for r in requests]
         ahead_ids, _ = pad_rows([r.ids[r.ahead_start :] for r in requests], self.tokenizer.pad_token_id,
                                 left=False, device=self.device)
@@ -292,6 +310,15 @@ class PolicyEngine:
         targets = torch.cat([ahead_ids[b, :n] for b, n in enumerate(lengths)])
         token_logprob = log_probs.gather(1, targets[:, None]).squeeze(1)  # [N]
         (grad_inputs,) = torch.autograd.grad(token_logprob.sum(), inputs)  # [batch, A, H]
-        ahead = [grad_inputs[b, :n].float() for b, n in enumerate(lengths)]
-        return log_probs.detach(), token_logprob.detach(), ahead, lengths
+        grads = [grad_inputs[b, :n].float() for b, n in enumerate(lengths)]
+        return self._remembered(requests, predicting, token_logprob, grads, lengths,
+                                [p.length if fresh else 0 for p, fresh in zip(prefixes, built)])
 
+    @staticmethod
+    def _remembered(requests, predicting, token_logprob, grads, tokens, prefix_tokens):
+        sizes = [len(r.ids) - r.ahead_start for r in requests]
+        hidden, logprob = predicting.detach().split(sizes), token_logprob.detach().split(sizes)
+        return [
+            (Remembered(r.ahead_start, {"hidden": h, "grad": g, "logprob": lp}), n, built)
+            for r, h, g, lp, n, built in zip(requests, hidden, grads, logprob, tokens, prefix_tokens)
+        ]

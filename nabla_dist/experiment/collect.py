@@ -6,13 +6,14 @@ row per method, its numbers copied from summary.json, plus what is derived here:
 time per result, rollouts saved by reuse (below), and each problem's accuracy (mean
 correctness over its repeats; a failed result counts as wrong) for the bootstrap over problems.
 
-FLOPs per problem ≈ 2·P·(forward tokens) + 2·P·(backward tokens): a forward pass costs 2·P
-per token, and the backward passes of ∇-Reasoner go to the input embeddings with frozen
-weights, so they compute activation gradients only (≈ 2·P, not the 4·P of training). P is
-the policy's parameter count less its input embedding table (a lookup; a tied table is kept,
-it is the LM head), from the config of `policy.path` (or `--params`). Attention-score FLOPs
-are left out. The records do not split tokens by model, so tokens through the reward model
-are charged at the policy's P too; report.md prints the reward model's P beside it.
+FLOPs per problem ≈ Σ over models 2·P·(forward tokens + backward tokens): a forward pass
+costs 2·P per token, and the backward passes of ∇-Reasoner go to the input embeddings with
+frozen weights, so they compute activation gradients only (≈ 2·P, not the 4·P of training).
+P is a model's parameter count less its input embedding table (a lookup; a tied table is
+kept, it is the LM head), from its config (or `--params` for the policy). Tokens are the
+ones actually run through each model, prefix-KV builds included, gradient memory hits
+excluded (accounting.py). Attention-score FLOPs are left out. Runs recorded before tokens
+were split by model charge every token at the policy's P.
 
 Curves: one per method (and per swept value of any key that is not a budget key, e.g.
 `policy.path`). A self-consistency / Best-of-N run also gives its points at n = 1, 2, 4, … < N,
@@ -99,8 +100,9 @@ def _params(path: str | None, reward: bool, notes: list[str], known: dict) -> in
     return known.get((path, reward))
 
 
-def _row(run: str, run_dir: Path, method: str, s: dict, cfg: dict, values: dict, params: int | None,
-         source: str = "run") -> dict:
+def _row(run: str, run_dir: Path, method: str, s: dict, cfg: dict, values: dict,
+         params: tuple[int | None, int | None], source: str = "run") -> dict:
+    """`params`: (policy, reward) parameter counts for FLOPs."""
     accuracy = s.get("accuracy") or {}
     k = accuracy.get("k")
     row = {"run": run, "method": method, "source": source, "dir": str(run_dir),
@@ -114,12 +116,24 @@ def _row(run: str, run_dir: Path, method: str, s: dict, cfg: dict, values: dict,
     if source != "run":  # re-scored: the N-run's timings are not this n's
         row.update(run_wall_s=None, wall_s_mean=None)
     row["wall_s_per_result"] = row["run_wall_s"] / s["results"] if row["run_wall_s"] and s["results"] else None
-    row["params"] = params
-    tokens = (s.get("forward_tokens_mean") or 0) + (s.get("backward_tokens_mean") or 0)
-    row["flops_mean"] = 2 * params * tokens if params else None
-    row["flops_total"] = (2 * params * ((s.get("forward_tokens_total") or 0) + (s.get("backward_tokens_total") or 0))
-                          if params else None)
+    policy_params, reward_params = params
+    row["params"] = policy_params
+    row["flops_mean"], row["flops_total"] = (flops(s, policy_params, reward_params, which)
+                                             for which in ("mean", "total"))
     return row
+
+
+def flops(s: dict, policy_params: int | None, reward_params: int | None, which: str) -> float | None:
+    """2·P·tokens per model from a summary's token counts (`which`: "mean" or "total")."""
+    tokens = lambda model: (s.get(f"{model}_forward_tokens_{which}") or 0) + (s.get(f"{model}_backward_tokens_{which}")  # noqa: E731
+                                                                               or 0)
+    if not policy_params:
+        return None
+    if s.get(f"policy_forward_tokens_{which}") is None:  # an older run: tokens not split by model
+        return 2 * policy_params * ((s.get(f"forward_tokens_{which}") or 0) + (s.get(f"backward_tokens_{which}") or 0))
+    if tokens("reward") and not reward_params:
+        return None
+    return 2 * policy_params * tokens("policy") + 2 * (reward_params or 0) * tokens("reward")
 
 
 def _budget(method: str, values: dict, cfg: dict):
@@ -157,25 +171,27 @@ def collect(dirs: list[Path], params_override: int | None = None) -> tuple[list[
             records = ResultsFile(run_dir / "results.jsonl").read()
             params = params_override or _params(cfg["policy"]["path"], False, notes, known)
             runs["params"]["policy"][cfg["policy"]["path"] if not params_override else "--params"] = params
+            reward_params = None
+            if cfg.get("reward"):
+                classifier = cfg["reward"].get("kind", "classifier") == "classifier"  # else a causal LM
+                reward_params = _params(cfg["reward"]["path"], classifier, notes, known)
             data = cfg["data"]
             runs["data"].add(f"{data['name']}{':' + Path(data['path']).name if data.get('path') else ''}")
             runs["size"].update(f"{s['problems']} problems × {data['repeats']}" for s in summary.values())
             runs["policy"].add(cfg["policy"]["path"])
             runs["wandb"] = runs["wandb"] or cfg.get("wandb")
             for method, s in summary.items():
-                row = _row(name, run_dir, method, s, cfg, values, params)
+                row = _row(name, run_dir, method, s, cfg, values, (params, reward_params))
                 mine = [r for r in records if r["method"] == method]
                 row["rollouts_saved_by_reuse_mean"] = _reuse_saved(mine) if method == "nabla" else None
                 rows.append(row)
                 runs["verdicts"][name, method] = problem_accuracy(mine)
                 if method in ("nabla", "best_of_n") and cfg.get("reward"):
                     runs["reward"].add(cfg["reward"]["path"])
-                    if not params_override:  # shown beside the policy's P, when that is counted too
-                        classifier = cfg["reward"].get("kind", "classifier") == "classifier"  # else a causal LM
-                        path = cfg["reward"]["path"]
-                        runs["params"]["reward"][path] = _params(path, classifier, notes, known)
+                    if not params_override:  # shown beside the policy's P
+                        runs["params"]["reward"][cfg["reward"]["path"]] = reward_params
                 if method in RESCORABLE:
-                    rescored = _rescored(row, mine, cfg, values, params, s, notes)
+                    rescored = _rescored(row, mine, cfg, values, (params, reward_params), s, notes)
                     rows += [r for r, _ in rescored]
                     runs["verdicts"].update({(r["run"], method): v for r, v in rescored})
                     if mine and all("candidates" in r for r in mine if not r.get("error")):

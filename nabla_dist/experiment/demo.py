@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from nabla_dist.experiment.collect import pareto_front
 from nabla_dist.experiment.metrics import paired_difference
 from nabla_dist.experiment.results import ResultsFile
 from nabla_dist.experiment.sweep import Sweep, load_sweep, run_sweep
@@ -45,14 +46,6 @@ def demo_table(rows: list[dict]) -> Table:
     return table
 
 
-def pareto_front(rows: list[dict], calls: str = "model_calls_mean") -> list[dict]:
-    """Rows no other row beats: at most their calls with more accuracy, or fewer calls with as much."""
-    def beaten(r):
-        return any(float(o[calls]) <= float(r[calls]) and float(o["avg@k"]) >= float(r["avg@k"])
-                   and (float(o[calls]) < float(r[calls]) or float(o["avg@k"]) > float(r["avg@k"])) for o in rows)
-    return sorted((r for r in rows if not beaten(r)), key=lambda r: float(r[calls]))
-
-
 def correctness(sweep: Sweep, method: str) -> dict[str, float]:
     """Problem × repeat -> 1.0 / 0.0 for the sweep's point of `method` (each demo method has one)."""
     point = next(p for p in sweep.points if p.cfg.method.name == method)
@@ -62,7 +55,7 @@ def correctness(sweep: Sweep, method: str) -> dict[str, float]:
 
 def reading(sweep: Sweep, rows: list[dict]) -> list[str]:
     """Two or three sentences that read the demo's own table."""
-    front = pareto_front(rows)
+    front = [row for _, _, row in pareto_front([(float(r["model_calls_mean"]), float(r["avg@k"]), r) for r in rows])]
     sentences = ["On the Pareto front of accuracy against model calls (as the paper counts them): "
                  + "; ".join(f"{r['run']} ({float(r['avg@k']):.3f} at {float(r['model_calls_mean']):.0f} calls)"
                              for r in front) + "."]

@@ -32,14 +32,6 @@ def test_demo_runs_end_to_end_and_prints_one_row_per_method(tmp_path, capsys):
     assert "On the Pareto front" in printed and "∇-Reasoner − Best-of-N@8:" in printed
 
 
-def test_pareto_front_keeps_rows_no_other_beats():
-    from nabla_dist.experiment.demo import pareto_front
-
-    rows = [{"run": name, "avg@k": acc, "model_calls_mean": calls} for name, acc, calls in
-            [("greedy", 0.40, 52), ("sc", 0.40, 416), ("bon", 0.50, 424), ("nabla", 0.45, 150), ("worse", 0.44, 160)]]
-    assert [r["run"] for r in pareto_front(rows)] == ["greedy", "nabla", "bon"]
-
-
 def test_paired_difference_interval_covers_a_known_gap_and_holds_zero_without_one():
     from nabla_dist.experiment.metrics import paired_difference
 

@@ -89,7 +89,7 @@ def test_the_four_methods_give_comparable_summaries(tmp_path, runtime):
     for method, s in summaries.items():
         assert s["results"] == 2 and s["errors"] == 0
         assert {"avg@1", "pass@1", "maj@1"} <= set(s["accuracy"])
-        assert s["model_calls_honest_total"] > s["model_calls_total"] > 0
+        assert s["model_calls_honest_total"] >= s["model_calls_total"] > 0
     assert summaries["greedy"]["model_calls_mean"] == 8  # 8 tokens, no prefill in the paper count
     assert summaries["best_of_n"]["model_calls_mean"] == summaries["self_consistency"]["model_calls_mean"] + 3
     assert summaries["nabla"]["backward_tokens_total"] > 0
