@@ -146,10 +146,11 @@ class PolicyEngine:
         hidden, cache, mask, positions = self._prefill(requests)  # hidden: [batch, H]
         while True:
             logits = self._head(hidden)  # [batch, V]
-            probs = torch.softmax(logits, dim=-1)
+            log_probs = torch.log_softmax(logits, dim=-1)  # [batch, V]
+            probs = log_probs.exp()
             confidence = probs.max(-1).values
             argmax = logits.argmax(-1).tolist()  # the straight-through forward's token (ALGORITHM.md)
-            entropy = -(probs * torch.log_softmax(logits, dim=-1)).sum(-1)
+            entropy = -(probs * log_probs).sum(-1)
             next_ids = torch.full((batch,), pad, dtype=torch.long)
             live = [b for b in range(batch) if not done[b]]
             drawn = sample_tokens(logits[live], [requests[b].sampling for b in live], [generators[b] for b in live])

@@ -199,10 +199,13 @@ def test_prefix_kv_leaves_outputs_unchanged(tiny_paths, parametrization):
 
 
 def test_gradient_memory_changes_passes_run_not_responses_decisions_or_paper_counts(tiny_paths):
+    # without the selector's reuse, each inner loop's first gradient is the probe's sequence again
+    cfg = dataclasses.replace(CONFIG, reuse_selector_grad=False)
     outputs = {}
     for memory in (64, 0):
         policy = make_policy(tiny_paths, grad_memory=memory)
-        outputs[memory], _ = run_programs((policy, make_reward(tiny_paths, policy.tokenizer, grad_memory=memory)))
+        outputs[memory], _ = run_programs((policy, make_reward(tiny_paths, policy.tokenizer, grad_memory=memory)),
+                                          cfg=cfg)
     on, off = outputs[64], outputs[0]
     for key in on:
         assert on[key].response_ids == off[key].response_ids
