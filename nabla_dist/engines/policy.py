@@ -133,61 +133,58 @@ class PolicyEngine:
         return hidden[:, -1], cache, mask, positions
 
     def _rollout_batch(self, requests: list[Rollout]) -> list[RolloutResult]:
-        batch, length = len(requests), max(len(r.prompt_ids) for r in requests)
-        pad = self.tokenizer.pad_token_id
+        """Decode every request of the batch together; a row that stops leaves the batch (its
+        keys/values are dropped), so the others do not carry it to the longest row's end."""
         generators = [make_generator(r.seed) for r in requests]
         tokens = [[] for _ in requests]
         stats = [([], [], [], [], []) for _ in requests]  # confidence, entropy, argmax, latent pos, latents
-        done = [False] * batch
-        stopped = [False] * batch
+        stopped = [False] * len(requests)
         # the whole prompt is counted even where its KV was cached: counts must not depend on
         # which replica served the rollout or what its cache held
         forward = [len(r.prompt_ids) for r in requests]
-        hidden, cache, mask, positions = self._prefill(requests)  # hidden: [batch, H]
+        rows = list(range(len(requests)))  # the request of each batch row
+        hidden, cache, mask, positions = self._prefill(requests)  # hidden: [rows, H]
         while True:
-            logits = self._head(hidden)  # [batch, V]
-            log_probs = torch.log_softmax(logits, dim=-1)  # [batch, V]
+            logits = self._head(hidden)  # [rows, V]
+            log_probs = torch.log_softmax(logits, dim=-1)  # [rows, V]
             probs = log_probs.exp()
-            confidence = probs.max(-1).values
+            confidence = probs.max(-1).values.tolist()
             argmax = logits.argmax(-1).tolist()  # the straight-through forward's token (ALGORITHM.md)
-            entropy = -(probs * log_probs).sum(-1)
-            next_ids = torch.full((batch,), pad, dtype=torch.long)
-            live = [b for b in range(batch) if not done[b]]
-            drawn = sample_tokens(logits[live], [requests[b].sampling for b in live], [generators[b] for b in live])
-            for b, token in zip(live, drawn):
+            entropy = (-(probs * log_probs).sum(-1)).tolist()
+            drawn = sample_tokens(logits, [requests[b].sampling for b in rows], [generators[b] for b in rows])
+            keep = []
+            for i, (b, token) in enumerate(zip(rows, drawn)):
                 r = requests[b]
                 conf, ent, top, lat_pos, lat = stats[b]
-                conf.append(float(confidence[b]))
-                ent.append(float(entropy[b]))
-                top.append(argmax[b])
-                if r.latents != "none" and (
-                    r.latents_max_confidence is None or conf[-1] <= r.latents_max_confidence
-                ):
+                conf.append(confidence[i])
+                ent.append(entropy[i])
+                top.append(argmax[i])
+                if r.latents != "none" and (r.latents_max_confidence is None or conf[-1] <= r.latents_max_confidence):
                     lat_pos.append(len(tokens[b]))
-                    lat.append((logits[b] if r.latents == "logits" else hidden[b].float()).cpu())
+                    lat.append((logits[i] if r.latents == "logits" else hidden[i].float()).cpu())
                 tokens[b].append(token)
-                next_ids[b] = token
                 if token in self.stop_token_ids or self._ends_with_stop_string(tokens[b]):
-                    done[b] = stopped[b] = True
-                elif len(tokens[b]) >= r.max_new_tokens or length + len(tokens[b]) >= self.context:
-                    done[b] = True
-                else:
+                    stopped[b] = True
+                elif len(tokens[b]) < r.max_new_tokens and len(r.prompt_ids) + len(tokens[b]) < self.context:
                     forward[b] += 1
-            if all(done):
+                    keep.append(i)
+            if not keep:
                 break
-            mask = torch.cat([mask, torch.ones((batch, 1), dtype=torch.long, device=self.device)], dim=1)
+            if len(keep) < len(rows):
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                mask, positions = mask[index], positions[index]
+                rows = [rows[i] for i in keep]
+            next_ids = torch.tensor([[tokens[b][-1]] for b in rows], device=self.device)  # [rows, 1]
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long, device=self.device)], dim=1)
             positions = positions[:, -1:] + 1
             with self._autocast():
                 hidden, cache = self._hidden(
-                    input_ids=next_ids.unsqueeze(1).to(self.device),
-                    attention_mask=mask,
-                    position_ids=positions,
-                    cache=cache,
-                    use_cache=True,
+                    input_ids=next_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
                 )
             hidden = hidden[:, -1]
         results = []
-        for b in range(batch):
+        for b in range(len(requests)):
             conf, ent, top, lat_pos, lat = stats[b]
             results.append(
                 RolloutResult(
