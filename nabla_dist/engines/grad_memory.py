@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Callable, Hashable
 
 import torch
 
@@ -59,3 +59,29 @@ class GradMemory:
         self._entries.move_to_end(key)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
+
+
+@dataclass
+class Served:
+    """Per request of a batch: its entry, tokens its pass ran (0 from memory), prefix tokens
+    its pass built, and whether a pass ran for it."""
+
+    entry: Remembered
+    tokens: int = 0
+    prefix_tokens: int = 0
+    ran: bool = False
+
+
+def serve_or_run(memory: GradMemory | None, keys: list[Hashable], starts: list[int],
+                 run: Callable[[list[int]], list[tuple[Remembered, int, int]]]) -> list[Served]:
+    """Serve each request (sequence `keys[b]`, ahead from `starts[b]`) from `memory`; run one
+    batched pass, `run(indices)` -> (entry, tokens, prefix tokens) each, for the others."""
+    found = [None if memory is None else memory.get(key, start) for key, start in zip(keys, starts)]
+    served = [None if entry is None else Served(entry) for entry in found]
+    missing = [b for b, entry in enumerate(found) if entry is None]
+    if missing:
+        for b, (entry, tokens, built) in zip(missing, run(missing)):
+            served[b] = Served(entry, tokens, built, ran=True)
+            if memory is not None:
+                memory.put(keys[b], entry)
+    return served

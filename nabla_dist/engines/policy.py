@@ -17,7 +17,7 @@ import torch
 from nabla_dist.algorithm.requests import PolicyGrad, PolicyGradResult, Rollout, RolloutResult
 from nabla_dist.algorithm.sampling import make_generator, sample_tokens
 from nabla_dist.engines.batch import pad_rows, positions_from_mask
-from nabla_dist.engines.grad_memory import GradMemory, Remembered
+from nabla_dist.engines.grad_memory import GradMemory, Remembered, serve_or_run
 from nabla_dist.engines.prefix_cache import PrefixCache, forward_after_prefixes, stack_prefixes
 from nabla_dist.engines.projection import AheadGrads, VocabProjection
 from nabla_dist.engines.prompt import PromptEncoder
@@ -213,18 +213,12 @@ class PolicyEngine:
         for r in requests:
             if r.lambda_reward != 0 and r.reward_embedding_grad is not None and self.reward_embeddings is None:
                 raise RuntimeError("PolicyGrad carries a reward gradient but no aligned reward embeddings were set")
-        remembered = [None if self.memory is None else self.memory.get(tuple(r.ids), r.ahead_start) for r in requests]
-        fresh = [b for b, entry in enumerate(remembered) if entry is None]
-        tokens, prefix_tokens = [0] * len(requests), [0] * len(requests)
-        if fresh:
-            passes = self._ahead_pass_with_prefix if self.prefix_cache is not None else self._ahead_pass
-            for b, (entry, n, built) in zip(fresh, passes([requests[b] for b in fresh])):
-                remembered[b], tokens[b], prefix_tokens[b] = entry, n, built
-                if self.memory is not None:
-                    self.memory.put(tuple(requests[b].ids), entry)
+        passes = self._ahead_pass_with_prefix if self.prefix_cache is not None else self._ahead_pass
+        served = serve_or_run(self.memory, [tuple(r.ids) for r in requests], [r.ahead_start for r in requests],
+                              lambda missing: passes([requests[b] for b in missing]))
         pieces, logprobs = [], []
-        for r, entry in zip(requests, remembered):
-            rows = entry.suffix(r.ahead_start)
+        for r, s in zip(requests, served):
+            rows = s.entry.suffix(r.ahead_start)
             logprobs.append(float(rows["logprob"].sum()))
             with_reward = r.lambda_reward != 0 and r.reward_embedding_grad is not None
             pieces.append(AheadGrads(
@@ -254,9 +248,9 @@ class PolicyEngine:
                     grads=(torch.zeros(0, embeddings.shape[0]) if grads is None else grads).cpu(),
                     norms=project.norms(pieces[b]).cpu() if r.want_norms else None,  # diagnostics and tests
                     logprob=logprobs[b],
-                    forward_tokens=tokens[b],
-                    passes=int(b in fresh),
-                    prefix_tokens=prefix_tokens[b],
+                    forward_tokens=served[b].tokens,
+                    passes=int(served[b].ran),
+                    prefix_tokens=served[b].prefix_tokens,
                 )
             )
         return results

@@ -16,7 +16,7 @@ import torch
 
 from nabla_dist.algorithm.requests import Reward, RewardGrad, RewardGradResult, RewardResult
 from nabla_dist.engines.batch import pad_rows, positions_from_mask
-from nabla_dist.engines.grad_memory import GradMemory, Remembered
+from nabla_dist.engines.grad_memory import GradMemory, Remembered, serve_or_run
 from nabla_dist.engines.prefix_cache import PrefixCache, forward_after_prefixes
 from nabla_dist.engines.spec import RewardSpec
 
@@ -184,20 +184,13 @@ class RewardEngine:
     def grad(self, requests: list[RewardGrad]) -> list[RewardGradResult]:
         """Reward and ∂R/∂(response embeddings) at positions ahead_start: ([m, H_R] each).
         Requests on a sequence the gradient memory holds run no pass (grad_memory.py)."""
-        keys = [(r.prompt_text, tuple(r.response_ids)) for r in requests]
-        remembered = [None if self.memory is None else self.memory.get(k, r.ahead_start) for k, r in zip(keys, requests)]
-        fresh = [b for b, entry in enumerate(remembered) if entry is None]
-        tokens, prefix_tokens = [0] * len(requests), [0] * len(requests)
-        if fresh:
-            passes = self._pass_with_prefix if self.prefix_cache is not None else self._pass
-            for b, (entry, n, built) in zip(fresh, passes([requests[b] for b in fresh])):
-                remembered[b], tokens[b], prefix_tokens[b] = entry, n, built
-                if self.memory is not None:
-                    self.memory.put(keys[b], entry)
+        passes = self._pass_with_prefix if self.prefix_cache is not None else self._pass
+        served = serve_or_run(self.memory, [(r.prompt_text, tuple(r.response_ids)) for r in requests],
+                              [r.ahead_start for r in requests], lambda missing: passes([requests[b] for b in missing]))
         return [
-            RewardGradResult(entry.value, entry.suffix(r.ahead_start)["grad"].float().cpu(), tokens[b],
-                             passes=int(b in fresh), prefix_tokens=prefix_tokens[b])
-            for b, (r, entry) in enumerate(zip(requests, remembered))
+            RewardGradResult(s.entry.value, s.entry.suffix(r.ahead_start)["grad"].float().cpu(), s.tokens,
+                             passes=int(s.ran), prefix_tokens=s.prefix_tokens)
+            for r, s in zip(requests, served)
         ]
 
     def _pass(self, requests: list[RewardGrad]) -> list[tuple[Remembered, int, int]]:
