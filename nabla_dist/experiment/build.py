@@ -53,12 +53,23 @@ def build_runtime(cfg: ExperimentConfig) -> Runtime:
 
         try:
             return RayRuntime.start(cfg.policy, reward, cfg.runtime, cfg.method.stop,
-                                    keep_head=cfg.method.parametrization == "latents")
+                                    keep_head=cfg.method.parametrization == "latents", on_plan=show_plan(cfg))
         except ValueError as error:  # the cluster cannot hold the replicas, or is not there
             raise ConfigError(str(error)) from error
     from nabla_dist.runtime.local import LocalRuntime
 
     return LocalRuntime.start(cfg.policy, reward, cfg.runtime, cfg.method.stop)
+
+
+def show_plan(cfg: ExperimentConfig):
+    """Prints the placement plan for people (stderr), before any model loads."""
+    def show(plan) -> None:
+        from rich.console import Console
+
+        Console(stderr=True, highlight=False, soft_wrap=True).print(plan.describe(cfg.runtime.gpu_memory_gib),
+                                                                    markup=False)
+
+    return show
 
 
 def make_program(cfg: ExperimentConfig, prompt: Prompt, seed: int, head=None) -> Program:
