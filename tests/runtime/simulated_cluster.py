@@ -19,6 +19,11 @@ from collections.abc import Iterator
 
 from nabla_dist.engines.sharding import deepspeed_env
 from nabla_dist.runtime import cluster as loopback
+from nabla_dist.runtime.dist_group import free_port as loopback_free_port
+
+
+def free_port() -> int:
+    return loopback_free_port(loopback.LOOPBACK)
 
 
 def worker_env() -> dict[str, str]:
@@ -42,9 +47,11 @@ def simulated_cluster(nodes: list[dict], env: dict | None = None, **head_args) -
     home = loopback.nabla_cache_dir() / "ray_home"
     loopback._write_bootstrap_config(home)
     common = dict(node_ip_address=loopback.LOOPBACK, env_vars={**worker_env(), **(env or {})})
+    # The head's dashboard agent would take Ray's fixed default port, which another Ray on this
+    # machine may hold (the job server then has "no available agent"); worker nodes get a free one.
+    head = dict(include_dashboard=False, dashboard_agent_listen_port=free_port())
     with loopback._home_set_to(home):
-        cluster = Cluster(initialize_head=True, head_node_args={**common, "include_dashboard": False,
-                                                                **nodes[0], **head_args})
+        cluster = Cluster(initialize_head=True, head_node_args={**common, **head, **nodes[0], **head_args})
         try:
             for node in nodes[1:]:
                 cluster.add_node(**common, **node)
