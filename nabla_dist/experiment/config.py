@@ -166,10 +166,10 @@ def experiment_tree(experiment: str, seen: tuple[str, ...] = ()) -> DictConfig:
     base = node.pop("base", None)
     if base is None:
         return node
-    if base in (*seen, experiment):
-        raise ConfigError(f"{path}: base {base!r} comes back to itself ({' → '.join((*seen, experiment, base))})")
     if isinstance(path, Path) and PurePosixPath(base).suffix in (".yaml", ".yml") and not Path(base).exists():
         base = str(path.parent / base)  # a base path relative to the user's file
+    if base in (*seen, experiment):
+        raise ConfigError(f"{path}: base {base!r} comes back to itself ({' → '.join((*seen, experiment, base))})")
     return OmegaConf.merge(experiment_tree(base, (*seen, experiment)), node)
 
 

@@ -74,10 +74,9 @@ def test_unknown_names_list_the_packaged_ones_and_a_base_cycle_is_refused(tmp_pa
         load_config(str(tmp_path / "bad.yaml"))
 
 
-@pytest.mark.slow  # builds a wheel and runs it from a fresh venv: ~50 s on a busy 2-core machine
 def test_a_wheel_installed_in_a_fresh_venv_finds_and_runs_the_packaged_experiments(tmp_path):
     """Not editable: the experiments come from the installed wheel, not from this checkout.
-    The fresh venv borrows this venv's dependencies through a .pth file (no download)."""
+    The fresh venv borrows this venv's dependencies through a .pth file (no download). ~30 s."""
     source = tmp_path / "src"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
         ".git", ".venv", "runs", "build", "*.egg-info", "__pycache__", "wandb", "tests", "benchmarks"))
