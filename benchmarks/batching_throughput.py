@@ -21,7 +21,7 @@ import time
 from nabla_dist.engines.tiny import build_tokenizer, random_model
 from nabla_dist.experiment.config import load_config
 from nabla_dist.experiment.data import load_problems
-from nabla_dist.experiment.build import build_runtime, make_program
+from nabla_dist.experiment.build import build_runtime, make_program, with_model_defaults
 from nabla_dist.experiment.run import problem_seed
 from nabla_dist.runtime.cluster import start_ray
 from nabla_dist.runtime.ray_runtime import RayRuntime
@@ -42,7 +42,7 @@ def run(runtime: RayRuntime, cfg, problems, in_flight: int) -> dict:
             raise error
         responses[key] = output.response_ids
 
-    programs = ((p.id, make_program(cfg, runtime.prompts.encode(p.question), problem_seed(cfg.seed, p.id, 0)))
+    programs = ((p.id, make_program(with_model_defaults(cfg.method, runtime.prompts), runtime.prompts.encode(p.question), problem_seed(cfg.seed, p.id, 0)))
                 for p in problems)
     engine, by_kind = sum(runtime.engine_seconds.values()), dict(runtime.engine_seconds)
     calls, served = sum(runtime.engine_calls.values()), sum(runtime.requests_served.values())

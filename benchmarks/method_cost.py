@@ -15,14 +15,14 @@ import time
 
 from nabla_dist.experiment.config import load_config
 from nabla_dist.experiment.data import load_problems
-from nabla_dist.experiment.build import build_runtime, make_program
+from nabla_dist.experiment.build import build_runtime, make_program, with_model_defaults
 from nabla_dist.experiment.run import problem_seed
 
 
 def measure(cfg, runtime, problems) -> dict:
     outputs = {}
     programs = (
-        (p.id, make_program(cfg, runtime.prompts.encode(p.question), problem_seed(cfg.seed, p.id, 0),
+        (p.id, make_program(with_model_defaults(cfg.method, runtime.prompts), runtime.prompts.encode(p.question), problem_seed(cfg.seed, p.id, 0),
                             runtime.head_matrix() if cfg.method.parametrization == "latents" else None))
         for p in problems
     )

@@ -19,7 +19,7 @@ def read_lines(path):
 
 def test_run_writes_one_line_per_problem_and_a_summary(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "data.limit=4", f"output_dir={out}", *FAST]) == 0
+    assert main(["run", "tiny", "data.limit=4", f"output_dir={out}", *FAST]) == 0
     lines = read_lines(out / "results.jsonl")
     assert len(lines) == 4
     required = {"problem_id", "repeat", "method", "response", "model_calls", "model_calls_honest", "wall_s", "error"}
@@ -33,7 +33,7 @@ def test_run_writes_one_line_per_problem_and_a_summary(tmp_path, capsys):
 def test_module_entry_point_runs(tmp_path):
     out = tmp_path / "m"
     proc = subprocess.run(
-        [sys.executable, "-m", "nabla_dist", "run", "data.limit=1", "method.name=greedy", f"output_dir={out}", *FAST],
+        [sys.executable, "-m", "nabla_dist", "run", "tiny", "data.limit=1", "method.name=greedy", f"output_dir={out}", *FAST],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -53,7 +53,7 @@ def test_module_entry_point_runs(tmp_path):
     ],
 )
 def test_bad_config_value_is_named_in_a_clear_error(tmp_path, capsys, override, message):
-    code = main(["run", f"output_dir={tmp_path}", *FAST, override])
+    code = main(["run", "tiny", f"output_dir={tmp_path}", *FAST, override])
     assert code == 2
     assert message in capsys.readouterr().err
 
@@ -67,7 +67,7 @@ def test_bad_problems_are_recorded_and_the_run_goes_on(tmp_path):
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    assert main(["run", "data.name=jsonl", f"data.path={data}", f"output_dir={out}", *FAST]) == 0
+    assert main(["run", "tiny", "data.name=jsonl", f"data.path={data}", f"output_dir={out}", *FAST]) == 0
     lines = {line["problem_id"]: line for line in read_lines(out / "results.jsonl")}
     assert set(lines) == {"ok-1", "long", "ok-2"}
     assert "does not fit the policy context" in lines["long"]["error"]

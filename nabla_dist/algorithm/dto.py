@@ -3,17 +3,19 @@
 The objective's gradient with respect to the straight-through one-hot, G = ∂L/∂y_0, comes
 from the engines (a `PolicyGrad` request). Here it is chained through the softmax
 Jacobian (and, for the `latents` parametrization, through the LM head) and fed to Adam
-with a cosine schedule. Gradient caching: G depends only on which token sits at position 0,
-so it is reused while argmax z is unchanged and recomputed when the argmax moves.
+with the reference implementation's cosine schedule. The straight-through forward is the
+one-hot of argmax z at every step, step 0 included (Alg. 2). Gradient caching: G depends
+only on which token sits at position 0, so it is reused while argmax z is unchanged and
+recomputed when the argmax moves.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Generator
 
 import torch
-from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
 from nabla_dist.algorithm.checks import check
 
@@ -39,6 +41,7 @@ class DTOOutcome:
     grad_evaluations: int  # how many times G was computed (each = 4 model calls)
     cache_hits: int  # steps after the first served from the gradient cache
     tokens_visited: list[int]  # argmax token at each step, for the event log
+    used_known: bool  # step 0 took the gradient passed in as `known`
 
 
 def chain_to_latent(
@@ -46,43 +49,50 @@ def chain_to_latent(
 ) -> torch.Tensor:
     """∂L/∂z from G = ∂L/∂y through y = softmax(logits(z)/τ): Jᵀ G, then W_headᵀ for latents.
 
-    grad_onehot: [V]; z: [V] (logits) or [H] (latents, with head: [V, H]).
+    grad_onehot: [V]; z: [V] (logits) or [H] (latents, with head: [V, H]). Returned in z's dtype.
+    The [V] vector is formed in fp64: at a peaked position y·G nearly cancels G's entry at the
+    argmax, and fp32 loses up to 10% of the result there.
     """
     logits = z if head is None else head @ z  # [V]
-    y = torch.softmax(logits / temperature, dim=-1)
-    grad_logits = y * (grad_onehot - torch.dot(y, grad_onehot)) / temperature  # [V]
+    y = torch.softmax(logits.double() / temperature, dim=-1)
+    g = grad_onehot.double()
+    grad_logits = (y * (g - torch.dot(y, g)) / temperature).to(z.dtype)  # [V]
     return grad_logits if head is None else head.T @ grad_logits
+
+
+def lr_factor(step: int, max_iters: int, min_lr_ratio: float) -> float:
+    """The reference implementation's schedule: cosine from 1, clipped below at the floor."""
+    return max(min_lr_ratio, 0.5 * (1.0 + math.cos(math.pi * step / max_iters)))
 
 
 def optimize_position(
     z0: torch.Tensor,
-    first_token: int,
-    first_grad: torch.Tensor | None,
+    known: tuple[int, torch.Tensor] | None,
     grad_for_token: Callable[[int], Generator[Any, Any, torch.Tensor]],
     cfg: DTOConfig,
     head: torch.Tensor | None = None,
 ) -> Generator[Any, Any, DTOOutcome]:
     """Run the inner loop from z0 ([V] logits or [H] latent) and return optimized logits.
 
-    `first_grad`, when given, is G for `first_token` already computed (by the selector);
-    `grad_for_token(t)` is a sub-program (it yields model requests) returning G with token
-    t at position 0. Use as `outcome = yield from optimize_position(...)`.
+    `known`: (token, G) already computed for that token at position 0 (by the selector's
+    probe); it serves step 0 when argmax z0 is that token. `grad_for_token(t)` is a
+    sub-program (it yields model requests) returning G with token t at position 0. Use as
+    `outcome = yield from optimize_position(...)`.
     """
     z = z0.detach().float().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([z], lr=cfg.lr, weight_decay=0.0)
-    schedule = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=0, num_training_steps=cfg.max_iters, min_lr_rate=cfg.min_lr_ratio
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg.max_iters, cfg.min_lr_ratio)
     )
-    # Step 0 differentiates at the rollout's own token a_0 (the sequence as it is); later
-    # steps at the token argmax z currently selects.
-    cached_token, cached_grad = (first_token, first_grad.float()) if first_grad is not None else (None, None)
-    evaluations, hits, visited = 0, 0, []
+    cached_token, cached_grad = (known[0], known[1].float()) if known is not None else (None, None)
+    evaluations, hits, visited, used_known = 0, 0, [], False
     for step in range(cfg.max_iters):
         with torch.no_grad():
-            token = first_token if step == 0 else int((z if head is None else head @ z).argmax())
+            token = int((z if head is None else head @ z).argmax())  # the straight-through forward
         visited.append(token)
         if token == cached_token and (cfg.grad_caching or step == 0):
             hits += step > 0
+            used_known |= step == 0
         else:
             cached_token, cached_grad = token, (yield from grad_for_token(token)).float()
             evaluations += 1
@@ -93,4 +103,4 @@ def optimize_position(
         schedule.step()
     with torch.no_grad():
         final = z.detach() if head is None else head @ z.detach()
-    return DTOOutcome(logits=final, grad_evaluations=evaluations, cache_hits=hits, tokens_visited=visited)
+    return DTOOutcome(final, evaluations, hits, visited, used_known)

@@ -4,6 +4,11 @@ Reads like the paper's algorithm box: roll out, `select_position`, `optimize_pos
 (dto.py), `resample`, regenerate, `accept`, commit. The program yields model requests
 (requests.py) and never touches a model, so any runtime can serve and batch it.
 
+The straight-through forward is the paper's (Alg. 2, and the reference implementation):
+every gradient is taken on P ‖ C ‖ argmax(z_0) … argmax(z_{m-1}), which differs from the
+rollout's text wherever it sampled another token; committed tokens, the comparison with
+the resampled token and rejection sampling use the rollout's sampled tokens.
+
 One reading the design notes leave open, fixed here: every optimized position commits
 exactly one token — `a_0` when the resampled token equals it or the proposal is rejected,
 the new token `t` (followed by the proposal as the new ahead) when it is accepted — so
@@ -67,7 +72,8 @@ class NablaConfig(DTOConfig, DecodingConfig):
 class Ahead:
     """The current rollout continuation A after the committed tokens, with its latents."""
 
-    tokens: list[int]
+    tokens: list[int]  # the sampled tokens A (what is committed)
+    argmax: list[int]  # argmax z_i at each position: the straight-through forward sequence
     stopped: bool
     confidence: torch.Tensor  # [m]
     entropy: torch.Tensor  # [m]
@@ -81,6 +87,7 @@ class Ahead:
         pad = torch.zeros(k)
         return cls(
             tokens=forced + result.tokens,
+            argmax=forced + result.argmax,
             stopped=result.stopped,
             confidence=torch.cat([pad + 1.0, result.confidence]),
             entropy=torch.cat([pad, result.entropy]),
@@ -91,6 +98,7 @@ class Ahead:
         """The ahead after committing its first n tokens."""
         return Ahead(
             tokens=self.tokens[n:],
+            argmax=self.argmax[n:],
             stopped=self.stopped,
             confidence=self.confidence[n:],
             entropy=self.entropy[n:],
@@ -155,16 +163,16 @@ class NablaReasoner:
             return None
         if cfg.grad_norm_threshold is None:
             return candidates[0], None
-        probe = yield from self.gradient(ahead.tokens, candidates, "probe", cfg.grad_norm_threshold)
+        probe = yield from self.gradient(ahead.argmax, candidates, "probe", cfg.grad_norm_threshold)
         if not probe.positions:
             return None
         return probe.positions[0], probe.grads[0]
 
     def grad_for_token(self, ahead: Ahead):
-        """Sub-program for the inner loop: G at position 0 with token t there."""
+        """Sub-program for the inner loop: G at position 0 with token t there (and argmax z_i after)."""
 
         def grad(token: int):
-            result = yield from self.gradient([token] + ahead.tokens[1:], [0], "inner")
+            result = yield from self.gradient([token] + ahead.argmax[1:], [0], "inner")
             return result.grads[0]
 
         return grad
@@ -199,20 +207,23 @@ class NablaReasoner:
             if picked is None:
                 break
             position, probe_grad = picked
+            # The probe ran on argmax(A); the inner loop runs on the committed (sampled) tokens
+            # before `position`: its G equals the probe's only where those agree.
+            reusable = ahead.tokens[:position] == ahead.argmax[:position]
+            known = (ahead.argmax[position], probe_grad) if reusable and probe_grad is not None else None
             ahead = self.commit(ahead, position)
-            first_grad = probe_grad if cfg.reuse_selector_grad else None
-            if first_grad is not None:
-                self.count.reused_first_gradient()
             outcome = yield from optimize_position(
-                ahead.latents[0], ahead.tokens[0], first_grad, self.grad_for_token(ahead), cfg, self.head
+                ahead.latents[0], known if cfg.reuse_selector_grad else None, self.grad_for_token(ahead), cfg, self.head
             )
+            if outcome.used_known:
+                self.count.reused_first_gradient()
             self.count.positions_optimized += 1
             self.count.grad_cache_hits += outcome.cache_hits
             self.count.inner_steps += len(outcome.tokens_visited)
             t = self.resample(outcome.logits)
             if t != ahead.tokens[0]:
                 if t in self.prompt.stop_token_ids or len(self.committed) + 1 >= cfg.max_new_tokens:
-                    proposal = Ahead([t], True, torch.ones(1), torch.zeros(1), {})
+                    proposal = Ahead([t], [t], True, torch.ones(1), torch.zeros(1), {})
                     proposal.stopped = t in self.prompt.stop_token_ids
                     self.count.rollouts += 1  # a regeneration with nothing left to generate
                 else:

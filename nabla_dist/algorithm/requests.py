@@ -9,6 +9,7 @@ the same type across problems. Token ids are plain lists; tensors are CPU tensor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -17,16 +18,18 @@ from nabla_dist.algorithm.checks import check
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """temperature 0 means greedy; top_k 0 and top_p 1.0 disable those filters."""
+    """temperature 0 means greedy; top_k 0 and top_p 1.0 disable those filters; top_k None:
+    the policy's generation config decides (experiment/build.py resolves it; off if unset)."""
 
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0
+    top_k: Optional[int] = None
 
     def __post_init__(self):
         check(self.temperature >= 0, "temperature", self.temperature, "use ≥ 0 (0 = greedy)")
         check(0 < self.top_p <= 1, "top_p", self.top_p, "use a value in (0, 1]")
-        check(self.top_k >= 0, "top_k", self.top_k, "use ≥ 0 (0 = off)")
+        check(self.top_k is None or self.top_k >= 0, "top_k", self.top_k,
+              "use ≥ 0 (0 = off), or null for the model's generation config")
 
 
 @dataclass
@@ -53,6 +56,7 @@ class RolloutResult:
     stopped: bool  # True if EOS or a stop string ended the rollout
     confidence: torch.Tensor  # [m] max softmax probability of each generated step
     entropy: torch.Tensor  # [m] entropy of each generated step's distribution
+    argmax: list[int] = field(default_factory=list)  # [m] argmax of each step's logits (the ST forward)
     latent_positions: list[int] = field(default_factory=list)
     latents: torch.Tensor | None = None  # [k, V] or [k, H] at latent_positions
     forward_tokens: int = 0  # tokens run through the model: prefill + fed-back samples
@@ -73,6 +77,8 @@ class RewardGradResult:
     reward: float
     embedding_grad: torch.Tensor  # [m, H_R], m = len(response_ids) - ahead_start
     tokens: int  # tokens run with gradient (see PolicyGradResult.forward_tokens)
+    passes: int = 1  # forward+backward passes run for it: 0 when served from the gradient memory
+    prefix_tokens: int = 0  # tokens of a prefix-KV build it triggered (one forward, no gradient)
 
 
 @dataclass
@@ -118,9 +124,10 @@ class PolicyGradResult:
     norms: torch.Tensor | None  # [m] ‖∂L/∂y_i‖₂ for every ahead position, if asked
     logprob: float  # Σ_i log π(a_i | ...) over the ahead tokens
     # tokens run forward and backward for this request: the whole sequence, or only the
-    # ahead tokens when the engine serves the prefix from its KV cache (prefix passes,
-    # done once per prefix without grad, are not charged: that keeps counts deterministic)
+    # ahead tokens when the engine serves the prefix from its KV cache; 0 from the memory
     forward_tokens: int
+    passes: int = 1  # forward+backward passes run for it: 0 when served from the gradient memory
+    prefix_tokens: int = 0  # tokens of a prefix-KV build it triggered (one forward, no gradient)
 
 
 Request = Rollout | PolicyGrad | RewardGrad | Reward

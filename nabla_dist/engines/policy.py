@@ -17,6 +17,7 @@ import torch
 from nabla_dist.algorithm.requests import PolicyGrad, PolicyGradResult, Rollout, RolloutResult
 from nabla_dist.algorithm.sampling import make_generator, sample_tokens
 from nabla_dist.engines.batch import pad_rows, positions_from_mask
+from nabla_dist.engines.grad_memory import GradMemory, Remembered
 from nabla_dist.engines.prefix_cache import PrefixCache, forward_after_prefixes, stack_prefixes
 from nabla_dist.engines.projection import AheadGrads, VocabProjection
 from nabla_dist.engines.prompt import PromptEncoder
@@ -56,6 +57,7 @@ class PolicyEngine:
         self._whole_embeddings, self._whole_head, self._sync_logits = whole_embeddings, whole_head, sync_logits
         self.reward_embeddings: torch.Tensor | None = None  # [V, H_R], see set_reward_embeddings
         self.prefix_cache = PrefixCache(self.model.base_model, spec.prefix_cache) if spec.prefix_cache > 0 else None
+        self.memory = GradMemory(spec.grad_memory) if spec.grad_memory > 0 else None
 
     # -- shapes and shared matrices ---------------------------------------------------
     @property
@@ -101,7 +103,7 @@ class PolicyEngine:
         results: list[RolloutResult | None] = [None] * len(requests)
         live = [i for i, r in enumerate(requests) if r.max_new_tokens > 0]
         for i in set(range(len(requests))) - set(live):
-            results[i] = RolloutResult([], False, torch.zeros(0), torch.zeros(0))
+            results[i] = RolloutResult([], False, torch.zeros(0), torch.zeros(0), [])
         if live:
             for i, result in zip(live, self._rollout_batch([requests[i] for i in live])):
                 results[i] = result
@@ -131,65 +133,66 @@ class PolicyEngine:
         return hidden[:, -1], cache, mask, positions
 
     def _rollout_batch(self, requests: list[Rollout]) -> list[RolloutResult]:
-        batch, length = len(requests), max(len(r.prompt_ids) for r in requests)
-        pad = self.tokenizer.pad_token_id
+        """Decode every request of the batch together; a row that stops leaves the batch (its
+        keys/values are dropped), so the others do not carry it to the longest row's end."""
         generators = [make_generator(r.seed) for r in requests]
         tokens = [[] for _ in requests]
-        stats = [([], [], [], []) for _ in requests]  # confidence, entropy, latent pos, latents
-        done = [False] * batch
-        stopped = [False] * batch
+        stats = [([], [], [], [], []) for _ in requests]  # confidence, entropy, argmax, latent pos, latents
+        stopped = [False] * len(requests)
         # the whole prompt is counted even where its KV was cached: counts must not depend on
         # which replica served the rollout or what its cache held
         forward = [len(r.prompt_ids) for r in requests]
-        hidden, cache, mask, positions = self._prefill(requests)  # hidden: [batch, H]
+        rows = list(range(len(requests)))  # the request of each batch row
+        hidden, cache, mask, positions = self._prefill(requests)  # hidden: [rows, H]
         while True:
-            logits = self._head(hidden)  # [batch, V]
-            probs = torch.softmax(logits, dim=-1)
-            confidence = probs.max(-1).values
-            entropy = -(probs * torch.log_softmax(logits, dim=-1)).sum(-1)
-            next_ids = torch.full((batch,), pad, dtype=torch.long)
-            live = [b for b in range(batch) if not done[b]]
-            drawn = sample_tokens(logits[live], [requests[b].sampling for b in live], [generators[b] for b in live])
-            for b, token in zip(live, drawn):
+            logits = self._head(hidden)  # [rows, V]
+            log_probs = torch.log_softmax(logits, dim=-1)  # [rows, V]
+            probs = log_probs.exp()
+            confidence = probs.max(-1).values.tolist()
+            argmax = logits.argmax(-1).tolist()  # the straight-through forward's token (ALGORITHM.md)
+            entropy = (-(probs * log_probs).sum(-1)).tolist()
+            drawn = sample_tokens(logits, [requests[b].sampling for b in rows], [generators[b] for b in rows])
+            keep = []
+            for i, (b, token) in enumerate(zip(rows, drawn)):
                 r = requests[b]
-                conf, ent, lat_pos, lat = stats[b]
-                conf.append(float(confidence[b]))
-                ent.append(float(entropy[b]))
-                if r.latents != "none" and (
-                    r.latents_max_confidence is None or conf[-1] <= r.latents_max_confidence
-                ):
+                conf, ent, top, lat_pos, lat = stats[b]
+                conf.append(confidence[i])
+                ent.append(entropy[i])
+                top.append(argmax[i])
+                if r.latents != "none" and (r.latents_max_confidence is None or conf[-1] <= r.latents_max_confidence):
                     lat_pos.append(len(tokens[b]))
-                    lat.append((logits[b] if r.latents == "logits" else hidden[b].float()).cpu())
+                    lat.append((logits[i] if r.latents == "logits" else hidden[i].float()).cpu())
                 tokens[b].append(token)
-                next_ids[b] = token
                 if token in self.stop_token_ids or self._ends_with_stop_string(tokens[b]):
-                    done[b] = stopped[b] = True
-                elif len(tokens[b]) >= r.max_new_tokens or length + len(tokens[b]) >= self.context:
-                    done[b] = True
-                else:
+                    stopped[b] = True
+                elif len(tokens[b]) < r.max_new_tokens and len(r.prompt_ids) + len(tokens[b]) < self.context:
                     forward[b] += 1
-            if all(done):
+                    keep.append(i)
+            if not keep:
                 break
-            mask = torch.cat([mask, torch.ones((batch, 1), dtype=torch.long, device=self.device)], dim=1)
+            if len(keep) < len(rows):
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                mask, positions = mask[index], positions[index]
+                rows = [rows[i] for i in keep]
+            next_ids = torch.tensor([[tokens[b][-1]] for b in rows], device=self.device)  # [rows, 1]
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long, device=self.device)], dim=1)
             positions = positions[:, -1:] + 1
             with self._autocast():
                 hidden, cache = self._hidden(
-                    input_ids=next_ids.unsqueeze(1).to(self.device),
-                    attention_mask=mask,
-                    position_ids=positions,
-                    cache=cache,
-                    use_cache=True,
+                    input_ids=next_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
                 )
             hidden = hidden[:, -1]
         results = []
-        for b in range(batch):
-            conf, ent, lat_pos, lat = stats[b]
+        for b in range(len(requests)):
+            conf, ent, top, lat_pos, lat = stats[b]
             results.append(
                 RolloutResult(
                     tokens=tokens[b],
                     stopped=stopped[b],
                     confidence=torch.tensor(conf),
                     entropy=torch.tensor(ent),
+                    argmax=top,
                     latent_positions=lat_pos,
                     latents=torch.stack(lat) if lat else None,
                     forward_tokens=forward[b],
@@ -205,27 +208,34 @@ class PolicyEngine:
 
     # -- PolicyGrad -------------------------------------------------------------------
     def grad(self, requests: list[PolicyGrad]) -> list[PolicyGradResult]:
-        """One forward+backward for the whole batch; see PolicyGrad for what comes back."""
+        """One forward+backward for the batch's requests that the gradient memory cannot
+        serve (grad_memory.py); see PolicyGrad for what comes back."""
         for r in requests:
             if r.lambda_reward != 0 and r.reward_embedding_grad is not None and self.reward_embeddings is None:
                 raise RuntimeError("PolicyGrad carries a reward gradient but no aligned reward embeddings were set")
-        passes = self._ahead_pass_with_prefix if self.prefix_cache is not None else self._ahead_pass
-        log_probs, token_logprob, ahead_grads, forward_tokens = passes(requests)
-        embeddings = self.embeddings
-        pieces, logprobs, offset = [], [], 0
-        for b, r in enumerate(requests):
-            m = len(r.ids) - r.ahead_start
-            logprobs.append(float(token_logprob[offset : offset + m].sum()))
+        remembered = [None if self.memory is None else self.memory.get(tuple(r.ids), r.ahead_start) for r in requests]
+        fresh = [b for b, entry in enumerate(remembered) if entry is None]
+        tokens, prefix_tokens = [0] * len(requests), [0] * len(requests)
+        if fresh:
+            passes = self._ahead_pass_with_prefix if self.prefix_cache is not None else self._ahead_pass
+            for b, (entry, n, built) in zip(fresh, passes([requests[b] for b in fresh])):
+                remembered[b], tokens[b], prefix_tokens[b] = entry, n, built
+                if self.memory is not None:
+                    self.memory.put(tuple(requests[b].ids), entry)
+        pieces, logprobs = [], []
+        for r, entry in zip(requests, remembered):
+            rows = entry.suffix(r.ahead_start)
+            logprobs.append(float(rows["logprob"].sum()))
             with_reward = r.lambda_reward != 0 and r.reward_embedding_grad is not None
             pieces.append(AheadGrads(
-                ell=log_probs[offset : offset + m],  # [m, V]
-                policy=ahead_grads[b],  # [m, H]
+                hidden=rows["hidden"],  # [m, H]
+                policy=rows["grad"],  # [m, H]
                 reward=r.reward_embedding_grad.to(self.device, torch.float32) if with_reward else None,  # [m, H_R]
                 lambda_nll=r.lambda_nll,
                 lambda_reward=r.lambda_reward,
             ))
-            offset += m
-        project = VocabProjection(embeddings, self.reward_embeddings, self.spec.norm_chunk)
+        embeddings = self.embeddings
+        project = VocabProjection(embeddings, self.reward_embeddings, self.spec.norm_chunk, self._log_softmax_head)
         # (positions, [k, V]) per request: fixed positions, or the first reaching the threshold
         answers = {b: (list(r.positions), None) for b, r in enumerate(requests)}
         fixed = [b for b, r in enumerate(requests) if r.norm_threshold is None and r.positions]
@@ -244,17 +254,23 @@ class PolicyEngine:
                     grads=(torch.zeros(0, embeddings.shape[0]) if grads is None else grads).cpu(),
                     norms=project.norms(pieces[b]).cpu() if r.want_norms else None,  # diagnostics and tests
                     logprob=logprobs[b],
-                    forward_tokens=forward_tokens[b],
+                    forward_tokens=tokens[b],
+                    passes=int(b in fresh),
+                    prefix_tokens=prefix_tokens[b],
                 )
             )
         return results
 
-    def _ahead_pass(self, requests: list[PolicyGrad]):
-        """Forward+backward over whole sequences (right padding).
+    @torch.no_grad()
+    def _log_softmax_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """ℓ = log-softmax of the logits of hidden states [k, H] -> [k, V] (as in the pass)."""
+        with self._autocast():
+            return torch.log_softmax(self.model.get_output_embeddings()(hidden).float(), dim=-1)
 
-        Returns log-probs [N, V] for the N ahead tokens of all rows, their token log-probs
-        [N], ∂S/∂(embedding) at each row's ahead positions ([m_b, H] each), tokens run.
-        """
+    def _ahead_pass(self, requests: list[PolicyGrad]) -> list[tuple[Remembered, int, int]]:
+        """Forward+backward over whole sequences (right padding). Per request: its rows
+        (hidden states predicting each ahead token [m, H], ∂S/∂(embedding) there [m, H],
+        token log-probs [m]), tokens run, prefix tokens built (none here)."""
         ids, mask = pad_rows([r.ids for r in requests], self.tokenizer.pad_token_id, left=False, device=self.device)
         inputs = self.embeddings[ids].detach().requires_grad_(True)  # [batch, T, H]
         # Row b's ahead token i (sequence position s_b + i) is predicted at s_b + i - 1.
@@ -262,18 +278,21 @@ class PolicyEngine:
         at = torch.cat([torch.arange(r.ahead_start, len(r.ids)) for r in requests])
         with self._autocast():
             hidden, _ = self._hidden(inputs_embeds=inputs, attention_mask=mask, use_cache=False)
-            log_probs = torch.log_softmax(self._head(hidden[rows, at - 1]), dim=-1)  # [N, V]
+            predicting = hidden[rows, at - 1]  # [N, H]
+            log_probs = torch.log_softmax(self._head(predicting), dim=-1)  # [N, V]
         token_logprob = log_probs.gather(1, ids[rows, at][:, None]).squeeze(1)  # [N]
         (grad_inputs,) = torch.autograd.grad(token_logprob.sum(), inputs)  # [batch, T, H]
-        ahead = [grad_inputs[b, r.ahead_start : len(r.ids)].float() for b, r in enumerate(requests)]
-        return log_probs.detach(), token_logprob.detach(), ahead, [len(r.ids) for r in requests]
+        grads = [grad_inputs[b, r.ahead_start : len(r.ids)].float() for b, r in enumerate(requests)]
+        return self._remembered(requests, predicting, token_logprob, grads, [len(r.ids) for r in requests],
+                                [0] * len(requests))
 
-    def _ahead_pass_with_prefix(self, requests: list[PolicyGrad]):
-        """Same results as `_ahead_pass`, running only the ahead tokens on cached prefix KV."""
+    def _ahead_pass_with_prefix(self, requests: list[PolicyGrad]) -> list[tuple[Remembered, int, int]]:
+        """Same rows as `_ahead_pass`, running only the ahead tokens on cached prefix KV."""
         embeddings = self.embeddings
         keys = [tuple(r.ids[: r.ahead_start]) for r in requests]
         with self._autocast():
-            prefixes = self.prefix_cache.get_many(keys, lambda i: embeddings[torch.tensor(keys[i], device=self.device)])
+            prefixes, built = self.prefix_cache.get_many(
+                keys, lambda i: embeddings[torch.tensor(keys[i], device=self.device)])
         lengths = [len(r.ids) - r.ahead_start for r in requests]
         ahead_ids, _ = pad_rows([r.ids[r.ahead_start :] for r in requests], self.tokenizer.pad_token_id,
                                 left=False, device=self.device)
@@ -289,6 +308,15 @@ class PolicyEngine:
         targets = torch.cat([ahead_ids[b, :n] for b, n in enumerate(lengths)])
         token_logprob = log_probs.gather(1, targets[:, None]).squeeze(1)  # [N]
         (grad_inputs,) = torch.autograd.grad(token_logprob.sum(), inputs)  # [batch, A, H]
-        ahead = [grad_inputs[b, :n].float() for b, n in enumerate(lengths)]
-        return log_probs.detach(), token_logprob.detach(), ahead, lengths
+        grads = [grad_inputs[b, :n].float() for b, n in enumerate(lengths)]
+        return self._remembered(requests, predicting, token_logprob, grads, lengths,
+                                [p.length if fresh else 0 for p, fresh in zip(prefixes, built)])
 
+    @staticmethod
+    def _remembered(requests, predicting, token_logprob, grads, tokens, prefix_tokens):
+        sizes = [len(r.ids) - r.ahead_start for r in requests]
+        hidden, logprob = predicting.detach().split(sizes), token_logprob.detach().split(sizes)
+        return [
+            (Remembered(r.ahead_start, {"hidden": h, "grad": g, "logprob": lp}), n, built)
+            for r, h, g, lp, n, built in zip(requests, hidden, grads, logprob, tokens, prefix_tokens)
+        ]

@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
+from nabla_dist.engines.batch import pad_rows
+
 
 @dataclass
 class Prefix:
@@ -43,23 +45,22 @@ class PrefixCache:
         return entry
 
     @torch.no_grad()
-    def get_many(self, keys: list, embed: Callable[[int], torch.Tensor]) -> list[Prefix]:
-        """The prefixes for `keys`; `embed(i)` gives key i's input embeddings [P, H].
+    def get_many(self, keys: list, embed: Callable[[int], torch.Tensor]) -> tuple[list[Prefix], list[bool]]:
+        """The prefixes for `keys`, and which of `keys` had its prefix built by this call
+        (the first request of each missing key: what a build is charged to); `embed(i)`
+        gives key i's input embeddings [P, H].
 
         The prefixes not cached yet run together in one right-padded batch: one pass over
         the weights instead of one per prefix.
         """
         found = {key: self.peek(key) for key in dict.fromkeys(keys)}
         missing = [key for key, entry in found.items() if entry is None]
+        first = {key: keys.index(key) for key in missing}
         if missing:
             self.misses += len(missing)
-            first = {key: keys.index(key) for key in missing}
             rows = [embed(first[key]) for key in missing]  # [P_b, H] each
             lengths = [row.shape[0] for row in rows]
-            inputs = rows[0].new_zeros((len(rows), max(lengths), rows[0].shape[1]))
-            mask = torch.zeros(inputs.shape[:2], dtype=torch.long, device=inputs.device)
-            for b, (row, n) in enumerate(zip(rows, lengths)):
-                inputs[b, :n], mask[b, :n] = row, 1
+            inputs, mask = pad_rows(rows, 0.0, left=False)
             out = self.base_model(inputs_embeds=inputs, attention_mask=mask, use_cache=True)
             for b, (key, n) in enumerate(zip(missing, lengths)):
                 # copies, so that an entry does not keep the whole padded batch alive
@@ -71,7 +72,8 @@ class PrefixCache:
                 self._entries[key] = found[key]
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
-        return [found[key] for key in keys]
+        built = set(first.values())
+        return [found[key] for key in keys], [i in built for i in range(len(keys))]
 
     def clear(self) -> None:
         self._entries.clear()

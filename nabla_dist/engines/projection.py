@@ -10,6 +10,7 @@ of a batch go through it together, not one request at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -18,7 +19,7 @@ import torch
 class AheadGrads:
     """One request's pieces, on the engine's device."""
 
-    ell: torch.Tensor  # [m, V] log-softmax of the policy at the ahead positions
+    hidden: torch.Tensor  # [m, H] the hidden states predicting the ahead tokens (ℓ_i = log-softmax of their logits)
     policy: torch.Tensor  # [m, H] ∂(Σ log π)/∂(policy input embedding)
     reward: torch.Tensor | None  # [m, H_R] ∂R/∂(reward input embedding), aligned to the policy
     lambda_nll: float
@@ -26,12 +27,18 @@ class AheadGrads:
 
 
 class VocabProjection:
-    """∂L/∂y at chosen ahead positions of many requests, `max_rows` positions per product."""
+    """∂L/∂y at chosen ahead positions of many requests, `max_rows` positions per product.
 
-    def __init__(self, policy_embeddings: torch.Tensor, reward_embeddings: torch.Tensor | None, max_rows: int):
+    `ell(hidden [k, H]) -> [k, V]` is the policy's log-softmax head: ℓ is formed only at the
+    positions asked, so a request keeps [m, H] rows, not [m, V].
+    """
+
+    def __init__(self, policy_embeddings: torch.Tensor, reward_embeddings: torch.Tensor | None, max_rows: int,
+                 ell: Callable[[torch.Tensor], torch.Tensor]):
         self.policy_t = policy_embeddings.float().T  # [H, V]
         self.reward_t = None if reward_embeddings is None else reward_embeddings.T  # [H_R, V]
         self.max_rows = max_rows
+        self.ell = ell
 
     def __call__(self, asks: list[tuple[AheadGrads, list[int]]]) -> list[torch.Tensor]:
         """[k, V] for each (request, its k positions)."""
@@ -47,7 +54,7 @@ class VocabProjection:
     def _product(self, asks: list[tuple[AheadGrads, list[int]]]) -> list[torch.Tensor]:
         sizes = [len(positions) for _, positions in asks]
         lam_nll = torch.cat([torch.full((n, 1), a.lambda_nll) for (a, _), n in zip(asks, sizes)]).to(self.policy_t)
-        ell = torch.cat([a.ell[p] for a, p in asks])  # [K, V]
+        ell = self.ell(torch.cat([a.hidden[p] for a, p in asks]))  # [K, V]
         out = -lam_nll * (ell + torch.cat([a.policy[p] for a, p in asks]) @ self.policy_t)
         with_reward = [i for i, (a, _) in enumerate(asks) if a.reward is not None]
         if with_reward:
@@ -87,7 +94,7 @@ class VocabProjection:
 
     def norms(self, ahead: AheadGrads) -> torch.Tensor:
         """‖∂L/∂y_i‖ at every ahead position [m], `max_rows` positions at a time."""
-        everything = list(range(ahead.ell.shape[0]))
+        everything = list(range(ahead.hidden.shape[0]))
         chunks = [(ahead, everything[s : s + self.max_rows]) for s in range(0, len(everything), self.max_rows)]
         return torch.cat([self([chunk])[0].norm(dim=-1) for chunk in chunks])
 

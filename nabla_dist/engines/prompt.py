@@ -11,20 +11,22 @@ from nabla_dist.algorithm.program import Prompt
 
 
 class PromptEncoder:
-    def __init__(self, tokenizer, context: int, stop_token_ids: tuple[int, ...]):
+    def __init__(self, tokenizer, context: int, stop_token_ids: tuple[int, ...], top_k: int = 0):
         self.tokenizer = tokenizer
         self.context = context
         self.stop_token_ids = stop_token_ids
+        self.top_k = top_k  # the generation config's top-k (0: none), for samplers that leave it unset
 
     @classmethod
     def for_model(cls, tokenizer, model_config, generation_config) -> "PromptEncoder":
         """Stop tokens: the tokenizer's EOS and the generation config's; context: the model's
-        `max_position_embeddings` (unbounded when the config has none)."""
+        `max_position_embeddings` (unbounded when the config has none); top-k: the generation
+        config's."""
         eos = getattr(generation_config, "eos_token_id", None)
         eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
         stop = tuple(sorted({tokenizer.eos_token_id, *eos} - {None}))
         context = getattr(model_config, "max_position_embeddings", None) or 10**9
-        return cls(tokenizer, context, stop)
+        return cls(tokenizer, context, stop, getattr(generation_config, "top_k", None) or 0)
 
     @classmethod
     def from_files(cls, spec) -> "PromptEncoder":

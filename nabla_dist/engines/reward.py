@@ -16,6 +16,7 @@ import torch
 
 from nabla_dist.algorithm.requests import Reward, RewardGrad, RewardGradResult, RewardResult
 from nabla_dist.engines.batch import pad_rows, positions_from_mask
+from nabla_dist.engines.grad_memory import GradMemory, Remembered
 from nabla_dist.engines.prefix_cache import PrefixCache, forward_after_prefixes
 from nabla_dist.engines.spec import RewardSpec
 
@@ -117,6 +118,7 @@ class RewardEngine:
         self.aligned = self.aligned_embeddings(policy_tokenizer, policy_vocab_size).to(self.device)  # [V_policy, H_R]
         self._split = lru_cache(maxsize=4096)(self._split_template)
         self.prefix_cache = PrefixCache(self.model.base_model, spec.prefix_cache) if spec.prefix_cache > 0 else None
+        self.memory = GradMemory(spec.grad_memory) if spec.grad_memory > 0 else None
 
     # -- what a kind of reward model defines (see verifier.py for another) ----------------
     def check_model(self, model) -> None:
@@ -180,27 +182,44 @@ class RewardEngine:
         return [RewardResult(float(v), len(s)) for v, s in zip(rewards, sequences)]
 
     def grad(self, requests: list[RewardGrad]) -> list[RewardGradResult]:
-        """Reward and ∂R/∂(response embeddings) at positions ahead_start: ([m, H_R] each)."""
-        if self.prefix_cache is not None:
-            return self._grad_with_prefix(requests)
+        """Reward and ∂R/∂(response embeddings) at positions ahead_start: ([m, H_R] each).
+        Requests on a sequence the gradient memory holds run no pass (grad_memory.py)."""
+        keys = [(r.prompt_text, tuple(r.response_ids)) for r in requests]
+        remembered = [None if self.memory is None else self.memory.get(k, r.ahead_start) for k, r in zip(keys, requests)]
+        fresh = [b for b, entry in enumerate(remembered) if entry is None]
+        tokens, prefix_tokens = [0] * len(requests), [0] * len(requests)
+        if fresh:
+            passes = self._pass_with_prefix if self.prefix_cache is not None else self._pass
+            for b, (entry, n, built) in zip(fresh, passes([requests[b] for b in fresh])):
+                remembered[b], tokens[b], prefix_tokens[b] = entry, n, built
+                if self.memory is not None:
+                    self.memory.put(keys[b], entry)
+        return [
+            RewardGradResult(entry.value, entry.suffix(r.ahead_start)["grad"].float().cpu(), tokens[b],
+                             passes=int(b in fresh), prefix_tokens=prefix_tokens[b])
+            for b, (r, entry) in enumerate(zip(requests, remembered))
+        ]
+
+    def _pass(self, requests: list[RewardGrad]) -> list[tuple[Remembered, int, int]]:
+        """Forward+backward over whole sequences: (rows, tokens run, prefix tokens built) each."""
         leaves = [self._embed(r.prompt_text, r.response_ids).detach().requires_grad_(True) for r in requests]
         with torch.enable_grad():
             rewards = self._score(leaves)
             grads = torch.autograd.grad(rewards.sum(), leaves)
-        results = []
+        out = []
         for r, leaf, grad, reward in zip(requests, leaves, grads, rewards):
             start = len(self._split(r.prompt_text)[0]) + r.ahead_start
             end = start + len(r.response_ids) - r.ahead_start
-            results.append(RewardGradResult(float(reward.detach()), grad[start:end].float().cpu(), leaf.shape[0]))
-        return results
+            out.append((Remembered(r.ahead_start, {"grad": grad[start:end]}, float(reward.detach())), leaf.shape[0], 0))
+        return out
 
-    def _grad_with_prefix(self, requests: list[RewardGrad]) -> list[RewardGradResult]:
-        """As `grad`, running only ahead ‖ postfix on the cached KV of template prefix ‖ committed."""
+    def _pass_with_prefix(self, requests: list[RewardGrad]) -> list[tuple[Remembered, int, int]]:
+        """As `_pass`, running only ahead ‖ postfix on the cached KV of template prefix ‖ committed."""
         sequences = [self._embed(r.prompt_text, r.response_ids) for r in requests]  # [T, H_R] each
         splits = [len(self._split(r.prompt_text)[0]) + r.ahead_start for r in requests]
         keys = [(r.prompt_text, tuple(r.response_ids[: r.ahead_start])) for r in requests]
         with self._autocast():
-            prefixes = self.prefix_cache.get_many(keys, lambda i: sequences[i][: splits[i]])
+            prefixes, built = self.prefix_cache.get_many(keys, lambda i: sequences[i][: splits[i]])
         suffixes = [sequence[split:] for sequence, split in zip(sequences, splits)]
         lengths = [len(x) for x in suffixes]
         inputs = pad_rows(suffixes, 0.0, left=False)[0].detach().requires_grad_(True)
@@ -210,10 +229,7 @@ class RewardEngine:
             rewards = self.readout(last)
             (grads,) = torch.autograd.grad(rewards.sum(), inputs)
         return [
-            RewardGradResult(
-                float(reward.detach()),
-                grad[: len(r.response_ids) - r.ahead_start].float().cpu(),
-                n,
-            )
-            for r, grad, reward, n in zip(requests, grads, rewards, lengths)
+            (Remembered(r.ahead_start, {"grad": grad[: len(r.response_ids) - r.ahead_start]}, float(reward.detach())),
+             n, p.length if fresh else 0)
+            for r, grad, reward, n, p, fresh in zip(requests, grads, rewards, lengths, prefixes, built)
         ]

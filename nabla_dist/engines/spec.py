@@ -27,11 +27,16 @@ class ModelSpec:
     # regenerations prefill only their forced token on them. 0 recomputes the whole
     # sequence every pass (the naive path, for ablations).
     prefix_cache: int = 64
+    # Gradient passes: what a pass computed for one exact sequence (embedding-space gradient
+    # rows, the reward) is kept for this many sequences and serves later probes and inner
+    # gradients on the same sequence without a pass (grad_memory.py). 0 recomputes every pass.
+    grad_memory: int = 64
 
     def __post_init__(self):
         check(bool(self.path), "path", self.path, "name a model directory, a hub id, or toy:/tiny:/smollm2: model")
         check(self.dtype in DTYPES, "dtype", self.dtype, f"choose one of {', '.join(DTYPES)}")
         check(self.prefix_cache >= 0, "prefix_cache", self.prefix_cache, "use ≥ 0 (0 turns the prefix KV off)")
+        check(self.grad_memory >= 0, "grad_memory", self.grad_memory, "use ≥ 0 (0 turns the gradient memory off)")
 
     @property
     def tokenizer_path(self) -> str:

@@ -8,13 +8,15 @@ before any model loads.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from nabla_dist.algorithm.baselines import best_of_n, greedy, self_consistency
 from nabla_dist.algorithm.nabla import NablaReasoner
 from nabla_dist.algorithm.program import Program, Prompt
 from nabla_dist.engines.build import check_policy, check_reward
-from nabla_dist.experiment.config import ConfigError, ExperimentConfig
+from nabla_dist.engines.prompt import PromptEncoder
+from nabla_dist.experiment.config import ConfigError, ExperimentConfig, MethodConfig
 from nabla_dist.runtime.interface import Runtime
 
 log = logging.getLogger(__name__)
@@ -62,18 +64,24 @@ def build_runtime(cfg: ExperimentConfig) -> Runtime:
 
 
 def show_plan(cfg: ExperimentConfig):
-    """Prints the placement plan for people (stderr), before any model loads."""
+    """Prints the placement plan for people (stderr, or the job's log), before any model loads."""
     def show(plan) -> None:
-        from rich.console import Console
+        from nabla_dist.experiment.progress import announce
 
-        Console(stderr=True, highlight=False, soft_wrap=True).print(plan.describe(cfg.runtime.gpu_memory_gib),
-                                                                    markup=False)
+        announce(plan.describe(cfg.runtime.gpu_memory_gib))
 
     return show
 
 
-def make_program(cfg: ExperimentConfig, prompt: Prompt, seed: int, head=None) -> Program:
-    m = cfg.method
+def with_model_defaults(method: MethodConfig, prompts: PromptEncoder) -> MethodConfig:
+    """A sampler's top-k left unset (null) is the policy's generation config's, as in the
+    reference implementation (0, no filter, when that config has none)."""
+    fill = lambda p: p if p.top_k is not None else dataclasses.replace(p, top_k=prompts.top_k)  # noqa: E731
+    return dataclasses.replace(method, rollout=fill(method.rollout), resample=fill(method.resample))
+
+
+def make_program(m: MethodConfig, prompt: Prompt, seed: int, head=None) -> Program:
+    """The program of method `m.name` for one problem × repeat (`m` after with_model_defaults)."""
     if m.name == "nabla":
         return NablaReasoner(prompt, m, seed, head).run()
     if m.name == "greedy":

@@ -138,6 +138,22 @@ def experiment_file(experiment: str) -> YamlFile:
     return yaml_file(experiment, CONFIGS, "experiment")
 
 
+def experiment_layers(experiment: str, seen: tuple[str, ...] = ()) -> list[DictConfig]:
+    """The experiment file and, first, the experiments it names as `base:` (one level each)."""
+    path = experiment_file(experiment)
+    if str(path) in seen:
+        raise ConfigError(f"{path}: `base:` loops back to itself through {list(seen)}")
+    layer = read_yaml(path)
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"{path}: an experiment file is a mapping of keys, not a {type(layer).__name__}")
+    base = layer.pop("base", None)
+    if base and isinstance(path, Path) and PurePosixPath(str(base)).suffix in (".yaml", ".yml") \
+            and not Path(str(base)).exists():
+        base = path.parent / str(base)  # a base path relative to the user's file
+    below = experiment_layers(str(base), (*seen, str(path))) if base else []
+    return [*below, upgrade_keys(layer, str(path))]
+
+
 def upgrade_keys(node: DictConfig, where: str, strict: bool = True) -> DictConfig:
     """Map keys of earlier versions (LEGACY_KEYS) onto today's. A key that had no effect is
     refused with the reason (`strict`, a user's file or override) or dropped (a saved run)."""
@@ -158,27 +174,12 @@ def upgrade_keys(node: DictConfig, where: str, strict: bool = True) -> DictConfi
 
 
 
-def experiment_tree(experiment: str, seen: tuple[str, ...] = ()) -> DictConfig:
-    """The experiment file's keys over those of its `base:` experiment (a name or a YAML path,
-    itself possibly with a base), so that related experiments share one file of settings."""
-    path = experiment_file(experiment)
-    node = upgrade_keys(read_yaml(path), str(path))
-    base = node.pop("base", None)
-    if base is None:
-        return node
-    if isinstance(path, Path) and PurePosixPath(base).suffix in (".yaml", ".yml") and not Path(base).exists():
-        base = str(path.parent / base)  # a base path relative to the user's file
-    if base in (*seen, experiment):
-        raise ConfigError(f"{path}: base {base!r} comes back to itself ({' → '.join((*seen, experiment, base))})")
-    return OmegaConf.merge(experiment_tree(base, (*seen, experiment)), node)
-
-
 def load_config(experiment: str | None = "default", overrides: list[str] = ()) -> ExperimentConfig:
     """Defaults ← experiment YAML (over its `base:`) ← `key=value` overrides, validated."""
     try:
         cfg = OmegaConf.structured(ExperimentConfig)
         if experiment:
-            cfg = OmegaConf.merge(cfg, experiment_tree(experiment))
+            cfg = OmegaConf.merge(cfg, *experiment_layers(experiment))
         cfg = OmegaConf.merge(cfg, upgrade_keys(OmegaConf.from_dotlist(list(overrides)), "override"))
         return build(cfg)
     except OmegaConfBaseException as error:

@@ -8,11 +8,15 @@ It is the sweep `nabla_dist/configs/sweep/demo.yaml`, so an interrupted demo res
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from nabla_dist.experiment.sweep import load_sweep, run_sweep
+from nabla_dist.experiment.collect import pareto_front
+from nabla_dist.experiment.metrics import paired_difference
+from nabla_dist.experiment.results import ResultsFile
+from nabla_dist.experiment.sweep import Sweep, load_sweep, run_sweep
 
 COLUMNS = [  # (summary.csv column, header, format)
     ("avg@k", "accuracy", "{:.3f}"),
@@ -42,6 +46,29 @@ def demo_table(rows: list[dict]) -> Table:
     return table
 
 
+def correctness(sweep: Sweep, method: str) -> dict[str, float]:
+    """Problem × repeat -> 1.0 / 0.0 for the sweep's point of `method` (each demo method has one)."""
+    point = next(p for p in sweep.points if p.cfg.method.name == method)
+    records = ResultsFile(Path(point.cfg.output_dir) / "results.jsonl").read()
+    return {f"{r['problem_id']}#{r['repeat']}": float(bool(r["correct"])) for r in records if r["correct"] is not None}
+
+
+def reading(sweep: Sweep, rows: list[dict]) -> list[str]:
+    """Two or three sentences that read the demo's own table."""
+    front = [row for _, _, row in pareto_front([(float(r["model_calls_mean"]), float(r["avg@k"]), r) for r in rows])]
+    sentences = ["On the Pareto front of accuracy against model calls (as the paper counts them): "
+                 + "; ".join(f"{r['run']} ({float(r['avg@k']):.3f} at {float(r['model_calls_mean']):.0f} calls)"
+                             for r in front) + "."]
+    nabla = correctness(sweep, "nabla")
+    for other, label in (("best_of_n", "Best-of-N@8"), ("greedy", "greedy")):
+        diff, low, high = paired_difference(nabla, correctness(sweep, other))
+        verdict = ("the interval holds 0: these problems do not tell the two apart" if low <= 0 <= high
+                   else f"the interval excludes 0: ∇-Reasoner is {'better' if diff > 0 else 'worse'}")
+        sentences.append(f"∇-Reasoner − {label}: {diff:+.3f} [{low:+.3f}, {high:+.3f}] (paired 95% bootstrap over "
+                         f"problems); {verdict}.")
+    return sentences
+
+
 def _demo_command(args) -> int:
     sweep = run_sweep(load_sweep("demo", args.overrides))
     report = sweep.output_dir / "report"
@@ -55,6 +82,9 @@ def _demo_command(args) -> int:
         with open(report / "summary.csv", newline="") as f:
             rows = [r for r in csv.DictReader(f) if r["source"] == "run"]
         console.print(demo_table(rows))
+        if not failed:
+            for sentence in reading(sweep, rows):
+                console.print(sentence)
         console.print(f"report: {report / 'report.md'}  plots: {report}/*.png")
     return 1 if failed else 0
 

@@ -146,6 +146,20 @@ def summarize(
     return summary
 
 
+def paired_difference(
+    a: Mapping[str, float], b: Mapping[str, float], confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of a − b over the problems both score, with a paired percentile-bootstrap
+    interval (the same problems resampled for both): (difference, low, high)."""
+    shared = [p for p in a if p in b]
+    if not shared:
+        raise ValueError("paired_difference needs problems scored by both methods")
+    diff = np.array([[float(a[p]) - float(b[p]) for p in shared]])  # [1, n_problems]
+    means = _bootstrap_means(diff, n_resamples, seed)[0]
+    tail = (1 - confidence) / 2
+    return float(diff.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
 def _bootstrap_means(table: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
     """Means of each row of `table` over `n_resamples` resamples of its columns."""
     if n_resamples < 1:

@@ -35,7 +35,8 @@ from omegaconf.errors import OmegaConfBaseException
 log = logging.getLogger(__name__)
 
 RESULT_NEUTRAL = ("output_dir", "runtime.*", "wandb.*", "data.limit", "data.repeats", "policy.prefix_cache",
-                  "reward.prefix_cache", "policy.lazy_probe", "policy.norm_chunk")
+                  "reward.prefix_cache", "policy.lazy_probe", "policy.norm_chunk", "policy.grad_memory",
+                  "reward.grad_memory")
 
 
 def result_key(record: dict) -> tuple[str, int, str]:

@@ -15,13 +15,13 @@ import zlib
 from pathlib import Path
 
 from omegaconf import OmegaConf
-from tqdm.auto import tqdm
 
 from nabla_dist.algorithm.program import Candidate, ProgramOutput
-from nabla_dist.experiment.build import build_runtime, make_program
+from nabla_dist.experiment.build import build_runtime, make_program, with_model_defaults
 from nabla_dist.experiment.config import ConfigError, ExperimentConfig, to_yaml, upgrade_keys
 from nabla_dist.experiment.data import Problem, grade_kind, load_problems
 from nabla_dist.experiment.grading import check_gold, extract_answer, is_correct
+from nabla_dist.experiment.progress import RunProgress
 from nabla_dist.experiment.rescore import RESCORABLE, decide
 from nabla_dist.experiment.results import (
     RESULT_NEUTRAL,
@@ -111,11 +111,11 @@ class Experiment:
         todo = [(p, r) for p in problems.values() for r in range(cfg.data.repeats)
                 if (p.id, r, cfg.method.name) not in done]
         head = self.runtime.head_matrix() if cfg.method.parametrization == "latents" else None
+        method = with_model_defaults(cfg.method, self.runtime.prompts)
         self.session = time.time()
         started: dict = {}
         tracker = Tracker(cfg, self.out, previous)
-        progress = tqdm(total=len(wanted), initial=len(done), desc=f"{cfg.method.name}", unit="problem",
-                        disable=None)
+        progress = RunProgress(f"{cfg.method.name} {cfg.output_dir}", len(wanted), previous)
 
         def programs():
             for problem, repeat in todo:
@@ -126,7 +126,7 @@ class Experiment:
                     self._finish(problems, key, None, error, time.monotonic(), tracker, progress)
                     continue
                 started[key] = time.monotonic()
-                yield key, make_program(cfg, prompt, problem_seed(cfg.seed, problem.id, repeat), head)
+                yield key, make_program(method, prompt, problem_seed(cfg.seed, problem.id, repeat), head)
 
         def on_finish(key, output, error):
             self._finish(problems, key, output, error, started.pop(key), tracker, progress)
@@ -149,9 +149,7 @@ class Experiment:
         record = self._record(problem, key[1], output, error, time.monotonic() - start)
         self.results.append(record)
         tracker.log_result(record)
-        progress.update(1)
-        if tracker.graded:
-            progress.set_postfix(acc=f"{tracker.correct / tracker.graded:.3f}", calls=tracker.calls)
+        progress.update(record)
         if error is not None:
             log.warning("problem %s repeat %s failed: %s", *key, error)
 

@@ -90,6 +90,10 @@ def _summarize_method(method: str, rows: list[dict], repeats: int | None) -> dic
         "backward_tokens_mean": total("backward_tokens") / n,
         "forward_tokens_total": total("forward_tokens"),
         "backward_tokens_total": total("backward_tokens"),
+        **{f"{model}_{what}_{agg}": total(f"{model}_{what}") / (n if agg == "mean" else 1)
+           for model in ("policy", "reward") for what in ("forwards", "backwards", "forward_tokens", "backward_tokens")
+           for agg in ("mean", "total")},
+        "grads_from_memory_mean": total("grads_from_memory") / n,
         "response_tokens_mean": response_tokens / n,
         "response_tokens_total": response_tokens,
         "wall_s_mean": sum(r["wall_s"] for r in ok) / n,

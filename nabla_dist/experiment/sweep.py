@@ -54,6 +54,7 @@ from nabla_dist.experiment.config import (
     yaml_file,
 )
 from nabla_dist.experiment.results import write_json_atomic, write_text_atomic
+from nabla_dist.experiment.progress import announce
 
 log = logging.getLogger(__name__)
 
@@ -283,9 +284,10 @@ def _run_in_process(sweep: Sweep, points: list[Point]) -> None:
     order = sorted(points, key=lambda p: (groups.setdefault(_runtime_key(p.cfg), len(groups)), not needs_reward(p.cfg)))
     runtimes = _Runtimes()
     try:
-        for point in order:
+        for number, point in enumerate(order, 1):
             point.status = "running"
             sweep.write_index()
+            announce(f"sweep {sweep.name}: point {number}/{len(order)} {point.name}")
             try:
                 Experiment(point.cfg, runtimes.get(point.cfg)).run()
                 point.status = "finished"
@@ -325,6 +327,8 @@ def _run_processes(sweep: Sweep, points: list[Point]) -> None:
                                                                    stderr=subprocess.STDOUT))
                 point.status = "running"
                 sweep.write_index()
+                announce(f"sweep {sweep.name}: point {points.index(point) + 1}/{len(points)} {point.name} started "
+                         f"(log: {out / 'sweep.log'})")
             time.sleep(0.2)
             for name, (point, process) in list(running.items()):
                 if process.poll() is None:

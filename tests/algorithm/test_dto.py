@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import math
+
 from nabla_dist.algorithm.dto import DTOConfig, chain_to_latent, optimize_position
 
 
@@ -60,12 +62,11 @@ def _token_gradients(vocab, seed=0):
 def test_gradient_caching_changes_nothing_and_counts_recomputations(lr):
     vocab = 7
     z0 = torch.randn(vocab, generator=torch.Generator().manual_seed(1))
-    first = int(z0.argmax())
     outcomes = {}
     for caching in (True, False):
         grad_for_token, calls = _token_gradients(vocab)
         cfg = DTOConfig(max_iters=25, lr=lr, grad_caching=caching)
-        outcomes[caching] = (run(optimize_position(z0, first, None, grad_for_token, cfg)), calls)
+        outcomes[caching] = (run(optimize_position(z0, None, grad_for_token, cfg)), calls)
     (cached, cached_calls), (plain, plain_calls) = outcomes[True], outcomes[False]
     assert torch.equal(cached.logits, plain.logits)
     assert cached.tokens_visited == plain.tokens_visited
@@ -78,26 +79,29 @@ def test_gradient_caching_changes_nothing_and_counts_recomputations(lr):
         assert changes > 0, "the large step must move the argmax to exercise recomputation"
 
 
-def test_reused_first_gradient_is_not_recomputed():
-    vocab, token = 7, 3  # the rollout's own token need not be argmax z0
+def test_step_zero_differentiates_at_argmax_z0_and_reuses_a_known_gradient_only_there():
+    vocab = 7
     z0 = torch.randn(vocab, generator=torch.Generator().manual_seed(2))
+    top = int(z0.argmax())
     fresh_fn, fresh_calls = _token_gradients(vocab)
-    fresh = run(optimize_position(z0, token, None, fresh_fn, DTOConfig(max_iters=10)))
-    assert fresh_calls[0] == token  # step 0 differentiates at the rollout's token
-    reuse_fn, reuse_calls = _token_gradients(vocab)
+    fresh = run(optimize_position(z0, None, fresh_fn, DTOConfig(max_iters=10)))
+    assert fresh_calls[0] == top  # the straight-through forward at step 0 is argmax z0 (Alg. 2)
     eye = torch.eye(vocab)
-    probe_grad = (eye - eye.roll(1, dims=1) + 0.1 * torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(0)))[token]
-    reused = run(optimize_position(z0, token, probe_grad, reuse_fn, DTOConfig(max_iters=10)))
-    assert torch.equal(reused.logits, fresh.logits)
+    table = eye - eye.roll(1, dims=1) + 0.1 * torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(0))
+    reuse_fn, reuse_calls = _token_gradients(vocab)
+    reused = run(optimize_position(z0, (top, table[top]), reuse_fn, DTOConfig(max_iters=10)))
+    assert torch.equal(reused.logits, fresh.logits) and reused.used_known
     assert reuse_calls == fresh_calls[1:]
+    other = (top + 1) % vocab  # a gradient for another token (a sampled a_0 ≠ argmax) is not used
+    stale_fn, stale_calls = _token_gradients(vocab)
+    stale = run(optimize_position(z0, (other, table[other]), stale_fn, DTOConfig(max_iters=10)))
+    assert torch.equal(stale.logits, fresh.logits) and not stale.used_known and stale_calls == fresh_calls
 
 
-def test_cosine_schedule_decays_to_the_floor():
-    vocab = 5
+def test_schedule_is_the_reference_cosine_clipped_at_the_floor():
+    vocab, steps, lr, floor = 5, 10, 0.1, 0.1
     seen = []
     grad_for_token, _ = _token_gradients(vocab)
-    cfg = DTOConfig(max_iters=10, lr=0.1, min_lr_ratio=0.1)
-    z0 = torch.zeros(vocab)
     original = torch.optim.Adam.step
 
     def spy(self, *a, **k):
@@ -106,9 +110,26 @@ def test_cosine_schedule_decays_to_the_floor():
 
     torch.optim.Adam.step = spy
     try:
-        run(optimize_position(z0, 0, None, grad_for_token, cfg))
+        run(optimize_position(torch.zeros(vocab), None, grad_for_token, DTOConfig(steps, lr, floor)))
     finally:
         torch.optim.Adam.step = original
-    assert seen[0] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(seen, seen[1:]))
-    assert seen[-1] > 0.01 and seen[-1] < 0.02  # approaching the floor 0.1 · lr
+    # max(floor, cosine), not floor + (1 - floor)·cosine: the last steps sit on the floor
+    expected = [lr * max(floor, 0.5 * (1 + math.cos(math.pi * t / steps))) for t in range(steps)]
+    assert seen == pytest.approx(expected, rel=1e-12)
+    assert seen[-1] == pytest.approx(lr * floor)
+
+
+def test_chain_vector_at_a_peaked_position_is_exact_in_fp32():
+    """fp32 y·(G − y·G) cancels at the argmax of a peaked softmax; the vector is formed in fp64."""
+    vocab = 50_000
+    generator = torch.Generator().manual_seed(3)
+    z = torch.randn(vocab, generator=generator) * 2
+    z[7] = 40.0  # confidence ≈ 1
+    grad = torch.randn(vocab, generator=generator) * 30
+    exact = chain_to_latent(grad.double(), z.double(), None, 1.0)
+    ours = chain_to_latent(grad, z, None, 1.0)
+    assert ours.dtype == torch.float32
+    y = torch.softmax(z, -1)
+    fp32 = y * (grad - torch.dot(y, grad))  # what an all-fp32 chain computes
+    error = lambda v: float((v.double() - exact).norm() / exact.norm())  # noqa: E731
+    assert error(ours) < 1e-6 < error(fp32)

@@ -24,11 +24,13 @@ class RecordingRuntime(LocalRuntime):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.served = []
+        self.served, self.answered = [], []
 
     def serve(self, requests):
         self.served += requests
-        return super().serve(requests)
+        answers = super().serve(requests)
+        self.answered += list(zip(requests, answers))
+        return answers
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,12 @@ def test_counts_equal_hand_computation_from_event_log(engines):
         inner, probes, reused = kinds.count("grad_inner"), kinds.count("grad_probe"), kinds.count("grad_reused")
         compares = kinds.count("compare")
         assert count.model_calls == rollout_tokens + 4 * (inner + reused) + 2 * compares
-        assert count.model_calls_honest == rollout_tokens + rollouts + 4 * (inner + probes) + 2 * compares
+        passes = sum(2 * e["policy_passes"] + 2 * e["reward_passes"] + e["prefix_builds"]
+                     for e in events if e["event"].startswith("grad_") and e["event"] != "grad_reused")
+        assert count.model_calls_honest == rollout_tokens + passes + 2 * compares
+        assert count.model_calls_honest == (count.policy_forwards + count.policy_backwards + count.reward_forwards
+                                            + count.reward_backwards)
+        assert count.rollouts == rollouts
         assert probes > 0 and inner > 0 and compares > 0, "the run must exercise every charge"
         assert count.rejections == sum(e["rejected"] for e in events if e["event"] == "compare")
     # and the log agrees with the requests the runtime actually served
@@ -75,6 +82,26 @@ def test_counts_equal_hand_computation_from_event_log(engines):
     assert sum(isinstance(r, PolicyGrad) for r in served) == total("grad_inner") + total("grad_probe")
     assert sum(isinstance(r, RewardGrad) for r in served) == total("grad_inner") + total("grad_probe")
     assert sum(isinstance(r, Reward) for r in served) == 2 * total("compare")
+
+
+def test_gradients_run_on_the_argmax_sequence_not_the_sampled_one(engines):
+    """Alg. 2: y_i = one-hot(argmax z_i) at every ahead position, where the rollout sampled
+    another token too; what is committed is the sampled text."""
+    policy, _ = engines
+    _, runtime = run_programs(engines)
+    prompts = [policy.prompts.encode(q).ids for q in QUESTIONS]
+    first_rollouts, first_probes = {}, {}
+    for request, answer in runtime.answered:
+        if isinstance(request, Rollout) and request.prompt_ids in prompts:
+            first_rollouts.setdefault(len(request.prompt_ids), answer)
+        if isinstance(request, PolicyGrad) and request.ids[: request.ahead_start] in prompts:
+            first_probes.setdefault(request.ahead_start, request)
+    differing = 0
+    for length, rollout in first_rollouts.items():
+        probe = first_probes[length]  # committed is empty: the probe's ahead is the whole rollout
+        assert probe.ids[length:] == rollout.argmax
+        differing += rollout.argmax != rollout.tokens
+    assert differing, "some rollout must sample a token other than the argmax for this test to bite"
 
 
 def test_rejection_scores_both_responses_in_the_same_template(engines):
@@ -99,7 +126,7 @@ def test_same_seed_same_result_other_seed_other_rollouts(engines):
     other, _ = run_programs(engines, seeds=(10, 11, 12))
     for key in first:
         assert first[key].response_ids == again[key].response_ids
-        assert first[key].count.totals() == again[key].count.totals()
+        assert first[key].count.decisions() == again[key].count.decisions()
     assert any(first[k].response_ids != other[k].response_ids for k in first)
 
 
@@ -108,7 +135,7 @@ def test_batching_does_not_change_results(engines):
     single, runtime_single = run_programs(engines, max_batch_size=1)
     for key in batched:
         assert batched[key].response_ids == single[key].response_ids
-        assert batched[key].count.totals() == single[key].count.totals()
+        assert batched[key].count.decisions() == single[key].count.decisions()
     assert sum(runtime_batched.engine_calls.values()) < sum(runtime_single.engine_calls.values())
 
 
@@ -117,7 +144,7 @@ def test_serving_the_largest_request_group_first_changes_batches_not_results(eng
     every_type, runtime_every = run_programs(engines, patience=None)
     for key in largest_first:
         assert largest_first[key].response_ids == every_type[key].response_ids
-        assert largest_first[key].count.totals() == every_type[key].count.totals()
+        assert largest_first[key].count.decisions() == every_type[key].count.decisions()
     served = lambda runtime: Counter(type(r).__name__ for r in runtime.served)  # noqa: E731
     assert served(runtime_largest) == served(runtime_every)
     assert runtime_largest.engine_calls["Rollout"] < runtime_every.engine_calls["Rollout"]
@@ -169,3 +196,21 @@ def test_prefix_kv_leaves_outputs_unchanged(tiny_paths, parametrization):
             assert policy.prefix_cache.hits > 0 and engines[1].prefix_cache.hits > 0
     for key in results[0]:
         assert results[0][key].response_ids == results[64][key].response_ids
+
+
+def test_gradient_memory_changes_passes_run_not_responses_decisions_or_paper_counts(tiny_paths):
+    # without the selector's reuse, each inner loop's first gradient is the probe's sequence again
+    cfg = dataclasses.replace(CONFIG, reuse_selector_grad=False)
+    outputs = {}
+    for memory in (64, 0):
+        policy = make_policy(tiny_paths, grad_memory=memory)
+        outputs[memory], _ = run_programs((policy, make_reward(tiny_paths, policy.tokenizer, grad_memory=memory)),
+                                          cfg=cfg)
+    on, off = outputs[64], outputs[0]
+    for key in on:
+        assert on[key].response_ids == off[key].response_ids
+        assert on[key].count.decisions() == off[key].count.decisions()
+        assert off[key].count.grads_from_memory == 0
+    honest = lambda outs: sum(o.count.model_calls_honest for o in outs.values())  # noqa: E731
+    assert sum(o.count.grads_from_memory for o in on.values()) > 0
+    assert honest(on) < honest(off)

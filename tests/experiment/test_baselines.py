@@ -31,12 +31,12 @@ class CountingRuntime(LocalRuntime):
 
 @pytest.fixture(scope="module")
 def runtime(tiny_paths):
-    return build_runtime(load_config("default", BASE + ["method.name=best_of_n"]))
+    return build_runtime(load_config("tiny", BASE + ["method.name=best_of_n"]))
 
 
 def run(method: str, tmp_path, runtime):
     counting = CountingRuntime(runtime)
-    cfg = load_config("default", BASE + [f"method.name={method}", f"output_dir={tmp_path / method}"])
+    cfg = load_config("tiny", BASE + [f"method.name={method}", f"output_dir={tmp_path / method}"])
     summary = Experiment(cfg, counting).run()[method]
     return ResultsFile(tmp_path / method / "results.jsonl").read(), summary, counting.requests
 
@@ -55,7 +55,7 @@ def test_sampling_baselines_make_exactly_n_rollouts_per_problem_and_count_by_the
         assert counts["rollout_tokens"] == tokens
         reward_calls = N if method == "best_of_n" else 0
         assert r["model_calls"] == counts["model_calls"] == tokens + reward_calls  # paper
-        assert r["model_calls_honest"] == counts["model_calls_honest"] == tokens + N + reward_calls  # + prefills
+        assert r["model_calls_honest"] == counts["model_calls_honest"] == tokens + reward_calls  # n forwards each
         assert counts["reward_scores"] == reward_calls
         assert counts["forward_tokens"] == sum(c["forward_tokens"] + c.get("reward_tokens", 0) for c in candidates)
         assert counts["backward_tokens"] == 0
@@ -72,6 +72,6 @@ def test_greedy_is_one_rollout_at_temperature_zero(tmp_path, runtime):
     assert served == Counter({Rollout.__name__: 2})
     for r in records:
         assert r["counts"]["rollouts"] == 1
-        assert r["model_calls"] == r["response_tokens"] and r["model_calls_honest"] == r["response_tokens"] + 1
+        assert r["model_calls"] == r["response_tokens"] and r["model_calls_honest"] == r["response_tokens"]
     again, _, _ = run("greedy", tmp_path / "again", runtime)
     assert [r["response"] for r in again] == [r["response"] for r in records]

@@ -29,3 +29,16 @@ def test_demo_runs_end_to_end_and_prints_one_row_per_method(tmp_path, capsys):
         assert row["run"] in printed
         assert int(row["problems"]) == 3
     assert (out / "report" / "accuracy_vs_model_calls.png").exists()
+    assert "On the Pareto front" in printed and "∇-Reasoner − Best-of-N@8:" in printed
+
+
+def test_paired_difference_interval_covers_a_known_gap_and_holds_zero_without_one():
+    from nabla_dist.experiment.metrics import paired_difference
+
+    a = {str(i): float(i % 2) for i in range(400)}
+    same = dict(a)
+    diff, low, high = paired_difference(a, same)
+    assert diff == low == high == 0.0
+    better = {k: 1.0 for k in a}
+    diff, low, high = paired_difference(better, a)
+    assert diff == 0.5 and low <= 0.5 <= high and low > 0

@@ -67,7 +67,7 @@ def test_unknown_names_list_the_packaged_ones_and_a_base_cycle_is_refused(tmp_pa
         load_sweep("nope")
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
-    with pytest.raises(ConfigError, match="comes back to itself"):
+    with pytest.raises(ConfigError, match="loops back to itself"):
         load_config(str(tmp_path / "a.yaml"))
     (tmp_path / "bad.yaml").write_text("method: {max_iters: 3\n")
     with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):

@@ -21,12 +21,12 @@ TIMING = ("wall_s", "session", "finished_at")
 @pytest.fixture(scope="module")
 def runs(tiny_paths, tmp_path_factory):
     """{(method, n): (output_dir, records by problem)} for N=4 and n=2 runs, same seeds."""
-    runtime = build_runtime(load_config("default", BASE + ["method.name=best_of_n"]))
+    runtime = build_runtime(load_config("tiny", BASE + ["method.name=best_of_n"]))
     out = {}
     for method in ("self_consistency", "best_of_n"):
         for n in (BIG_N, SMALL_N):
             path = tmp_path_factory.mktemp(f"{method}{n}")
-            Experiment(load_config("default", BASE + [f"method.name={method}", f"method.n={n}",
+            Experiment(load_config("tiny", BASE + [f"method.name={method}", f"method.n={n}",
                                                      f"output_dir={path}"]), runtime).run()
             out[method, n] = path, sorted(ResultsFile(path / "results.jsonl").read(), key=lambda r: r["problem_id"])
     return out
@@ -67,7 +67,7 @@ def test_rescore_command_writes_a_summary_per_n(runs, capsys):
     assert at[4] == json.loads((path / "summary.json").read_text())["best_of_n"]
     # paper calls at n: the first n candidates' tokens and n reward scores
     assert at[1]["model_calls_total"] == sum(r["candidates"][0]["tokens"] + 1 for r in big)
-    assert at[2]["model_calls_honest_total"] == sum(c["tokens"] + 2 for r in big for c in r["candidates"][:2])
+    assert at[2]["model_calls_honest_total"] == sum(c["tokens"] + 1 for r in big for c in r["candidates"][:2])
     assert "best_of_n@2" in capsys.readouterr().out
     assert list(rescore_run(path, [3])) == ["best_of_n@3"]
 
@@ -92,7 +92,7 @@ def test_decide_votes_with_ties_to_the_first_answer_and_ranks_by_reward():
     assert (sc["pred"], sc["chosen"], sc["correct"]) == ("1", 0, False)  # 2 == 2.0 ties with 1: first group
     bon = decide("best_of_n", [candidate("1", 0.1), candidate("2", 0.7), candidate("3", 0.7)], gold="2")
     assert (bon["pred"], bon["chosen"], bon["correct"]) == ("2", 1, True)  # first of equal maxima
-    assert bon["model_calls"] == 15 + 3 and bon["model_calls_honest"] == 15 + 3 + 3
+    assert bon["model_calls"] == bon["model_calls_honest"] == 15 + 3  # a rollout of n tokens: n forwards
     assert bon["counts"]["forward_tokens"] == 3 * 15 + 3 * 20
     assert decide("self_consistency", [candidate(None)], gold="2")["correct"] is False
 

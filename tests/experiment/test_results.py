@@ -63,7 +63,7 @@ def test_duplicate_keys_keep_the_first_result(tmp_path):
 
 # -- the resume rule -------------------------------------------------------------------
 def conflicts(saved: list[str], now: list[str]) -> list[str]:
-    return resume_conflicts(to_yaml(load_config("default", saved)), to_yaml(load_config("default", now)),
+    return resume_conflicts(to_yaml(load_config("tiny", saved)), to_yaml(load_config("tiny", now)),
                             ExperimentConfig)
 
 
@@ -82,15 +82,15 @@ def test_keys_that_change_results_are_named_with_both_values():
 
 
 def test_a_field_added_after_the_run_started_counts_as_unchanged_at_its_default():
-    saved = to_yaml(load_config("default", []))
+    saved = to_yaml(load_config("tiny", []))
     saved = "\n".join(line for line in saved.splitlines() if "reuse_selector_grad" not in line)
-    assert resume_conflicts(saved, to_yaml(load_config("default", [])), ExperimentConfig) == []
+    assert resume_conflicts(saved, to_yaml(load_config("tiny", [])), ExperimentConfig) == []
 
 
 def test_experiment_refuses_a_different_config_before_loading_models(tmp_path):
-    (tmp_path / "config.yaml").write_text(to_yaml(load_config("default", [f"output_dir={tmp_path}", "seed=3"])))
+    (tmp_path / "config.yaml").write_text(to_yaml(load_config("tiny", [f"output_dir={tmp_path}", "seed=3"])))
     ResultsFile(tmp_path / "results.jsonl").append(record())
-    cfg = load_config("default", [f"output_dir={tmp_path}", "seed=4", "method.name=greedy"])
+    cfg = load_config("tiny", [f"output_dir={tmp_path}", "seed=4", "method.name=greedy"])
     with pytest.raises(ConfigError) as error:
         Experiment(cfg, runtime="never built")
     assert "seed: 3 → 4" in str(error.value) and "method.name: 'nabla' → 'greedy'" in str(error.value)
@@ -98,9 +98,9 @@ def test_experiment_refuses_a_different_config_before_loading_models(tmp_path):
 
 
 def test_a_directory_without_results_takes_any_config(tmp_path):
-    (tmp_path / "config.yaml").write_text(to_yaml(load_config("default", ["policy.path=/typo"])))
+    (tmp_path / "config.yaml").write_text(to_yaml(load_config("tiny", ["policy.path=/typo"])))
     with pytest.raises(AttributeError):  # got past the resume check to the (fake) runtime
-        Experiment(load_config("default", [f"output_dir={tmp_path}"]), runtime="fake")
+        Experiment(load_config("tiny", [f"output_dir={tmp_path}"]), runtime="fake")
     assert "/typo" not in (tmp_path / "config.yaml").read_text()
 
 

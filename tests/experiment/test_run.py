@@ -37,7 +37,7 @@ def without_wall_time(summary: dict) -> dict:
 def test_a_killed_run_resumes_to_the_same_results_and_summary(tmp_path, tiny_paths):
     killed = tmp_path / "killed"
     log = open(tmp_path / "killed.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "nabla_dist", "run", *RESUME, f"output_dir={killed}"],
+    process = subprocess.Popen([sys.executable, "-m", "nabla_dist", "run", "tiny", *RESUME, f"output_dir={killed}"],
                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "WANDB_MODE": "disabled"})
     results = killed / "results.jsonl"
     deadline = time.monotonic() + 120
@@ -50,11 +50,11 @@ def test_a_killed_run_resumes_to_the_same_results_and_summary(tmp_path, tiny_pat
     finished_before_kill = len(ResultsFile(results).read())
     assert 2 <= finished_before_kill < PROBLEMS
 
-    cfg = load_config("default", RESUME + [f"output_dir={killed}"])
+    cfg = load_config("tiny", RESUME + [f"output_dir={killed}"])
     runtime = build_runtime(cfg)
     resumed = Experiment(cfg, runtime).run()
     whole = tmp_path / "whole"
-    uninterrupted = Experiment(load_config("default", RESUME + [f"output_dir={whole}"]), runtime).run()
+    uninterrupted = Experiment(load_config("tiny", RESUME + [f"output_dir={whole}"]), runtime).run()
 
     assert results.read_bytes().count(b"\n") == PROBLEMS  # nothing redone, nothing lost
     assert result_set(results) == result_set(whole / "results.jsonl")
@@ -67,7 +67,7 @@ def test_a_killed_run_resumes_to_the_same_results_and_summary(tmp_path, tiny_pat
 
 @pytest.fixture(scope="module")
 def runtime(tiny_paths):
-    return build_runtime(load_config("default", ["method.name=best_of_n"]))
+    return build_runtime(load_config("tiny", ["method.name=best_of_n"]))
 
 
 METHODS = {
@@ -81,7 +81,7 @@ METHODS = {
 def test_the_four_methods_give_comparable_summaries(tmp_path, runtime):
     summaries = {}
     for method, extra in METHODS.items():
-        cfg = load_config("default", ["wandb.mode=disabled", "data.limit=2", "method.max_new_tokens=8",
+        cfg = load_config("tiny", ["wandb.mode=disabled", "data.limit=2", "method.max_new_tokens=8",
                                       f"method.name={method}", f"output_dir={tmp_path / method}", *extra])
         summaries[method] = Experiment(cfg, runtime).run()[method]
     keys = {method: set(s) for method, s in summaries.items()}
@@ -89,7 +89,7 @@ def test_the_four_methods_give_comparable_summaries(tmp_path, runtime):
     for method, s in summaries.items():
         assert s["results"] == 2 and s["errors"] == 0
         assert {"avg@1", "pass@1", "maj@1"} <= set(s["accuracy"])
-        assert s["model_calls_honest_total"] > s["model_calls_total"] > 0
+        assert s["model_calls_honest_total"] >= s["model_calls_total"] > 0
     assert summaries["greedy"]["model_calls_mean"] == 8  # 8 tokens, no prefill in the paper count
     assert summaries["best_of_n"]["model_calls_mean"] == summaries["self_consistency"]["model_calls_mean"] + 3
     assert summaries["nabla"]["backward_tokens_total"] > 0
@@ -98,19 +98,19 @@ def test_the_four_methods_give_comparable_summaries(tmp_path, runtime):
 
 def test_a_grown_limit_runs_only_the_new_problems(tmp_path, runtime):
     args = ["wandb.mode=disabled", "method.name=greedy", "method.max_new_tokens=4", f"output_dir={tmp_path}"]
-    Experiment(load_config("default", args + ["data.limit=2"]), runtime).run()
+    Experiment(load_config("tiny", args + ["data.limit=2"]), runtime).run()
     first = {r["problem_id"]: r for r in ResultsFile(tmp_path / "results.jsonl").read()}
-    summary = Experiment(load_config("default", args + ["data.limit=3", "data.repeats=2"]), runtime).run()
+    summary = Experiment(load_config("tiny", args + ["data.limit=3", "data.repeats=2"]), runtime).run()
     records = ResultsFile(tmp_path / "results.jsonl").read()
     assert len(records) == 6
     assert all(r == first[r["problem_id"]] for r in records if r["repeat"] == 0 and r["problem_id"] in first)
     assert summary["greedy"]["accuracy"]["k"] == 2 and summary["greedy"]["results"] == 6
-    small = Experiment(load_config("default", args + ["data.limit=1"]), runtime).run()  # the summary follows the config
+    small = Experiment(load_config("tiny", args + ["data.limit=1"]), runtime).run()  # the summary follows the config
     assert small["greedy"]["results"] == 1
 
 
 def test_cli_run_prints_the_summary_and_refuses_a_changed_config(tmp_path, capsys):
-    args = ["run", "wandb.mode=disabled", "method.name=greedy", "data.limit=1", "method.max_new_tokens=4",
+    args = ["run", "tiny", "wandb.mode=disabled", "method.name=greedy", "data.limit=1", "method.max_new_tokens=4",
             f"output_dir={tmp_path}"]
     assert main(args) == 0
     assert '"greedy"' in capsys.readouterr().out
@@ -136,7 +136,7 @@ def test_the_acceleration_switches_reach_the_engines_and_leave_results_unchanged
     responses = {}
     for size, lazy in ((64, True), (0, False)):
         out = tmp_path / str(size)
-        cfg = load_config("default", args + [f"output_dir={out}", f"policy.prefix_cache={size}",
+        cfg = load_config("tiny", args + [f"output_dir={out}", f"policy.prefix_cache={size}",
                                              f"reward.prefix_cache={size}", f"policy.lazy_probe={lazy}"])
         runtime = build_runtime(cfg)
         assert runtime.policy.spec.prefix_cache == runtime.reward.spec.prefix_cache == size

@@ -22,7 +22,7 @@ TINY = {"data.limit": 2, "method.max_new_tokens": 8, "method.n": 2, "wandb.mode"
 
 
 def write_sweep(path, grids, overrides=TINY, **options) -> str:
-    path.write_text(yaml.safe_dump({"base": "default", "overrides": overrides, "grids": grids,
+    path.write_text(yaml.safe_dump({"base": "tiny", "overrides": overrides, "grids": grids,
                                     "sweep": {"name": "two", "output_dir": str(path.parent / "sweep"), **options}}))
     return str(path)
 

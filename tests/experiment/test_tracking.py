@@ -68,7 +68,7 @@ def _read_logged(run_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def runtime(tiny_paths):
-    return build_runtime(load_config("default", BASE))
+    return build_runtime(load_config("tiny", BASE))
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_offline_run_logs_metrics_summary_table_and_results_and_resumes_the_same
     tmp_path, runtime, wandb_env
 ):
     out = tmp_path / "run"
-    summary = Experiment(load_config("default", BASE + [f"output_dir={out}", "wandb.mode=offline",
+    summary = Experiment(load_config("tiny", BASE + [f"output_dir={out}", "wandb.mode=offline",
                                                         "wandb.tags=[test]", "wandb.group=g"]), runtime).run()
     run_id = (out / RUN_ID_FILE).read_text().strip()
     (first,) = (out / "wandb").glob(f"offline-run-*-{run_id}")
@@ -99,7 +99,7 @@ def test_offline_run_logs_metrics_summary_table_and_results_and_resumes_the_same
     assert f"results-{run_id}" in first_log["artifacts"]
 
     # resumed with more problems: same W&B run id, the count goes on from where it stopped
-    Experiment(load_config("default", BASE + [f"output_dir={out}", "wandb.mode=offline", "data.limit=3"]),
+    Experiment(load_config("tiny", BASE + [f"output_dir={out}", "wandb.mode=offline", "data.limit=3"]),
                runtime).run()
     assert (out / RUN_ID_FILE).read_text().strip() == run_id
     runs = sorted((out / "wandb").glob("offline-run-*"))
@@ -114,7 +114,7 @@ def test_offline_run_logs_metrics_summary_table_and_results_and_resumes_the_same
 
 def test_disabled_writes_nothing_for_wandb(tmp_path, runtime):
     out = tmp_path / "run"
-    Experiment(load_config("default", BASE + [f"output_dir={out}", "wandb.mode=disabled"]), runtime).run()
+    Experiment(load_config("tiny", BASE + [f"output_dir={out}", "wandb.mode=disabled"]), runtime).run()
     assert not (out / "wandb").exists() and not (out / RUN_ID_FILE).exists()
     assert (out / "summary.json").exists()
 

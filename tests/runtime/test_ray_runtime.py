@@ -166,7 +166,7 @@ def test_every_reward_kind_scores_on_ray_as_it_does_locally(ray_session, tmp_pat
     reward = ["reward.kind=verifier", "reward.path=tiny:policy", "reward.verdict=is"] if kind == "verifier" else []
     overrides = ("data.limit=2", "method.name=best_of_n", "method.n=3", *reward)
     Experiment(config(tmp_path / "local", *overrides)).run()
-    cfg = config(tmp_path / "ray", *overrides, kind="ray", reward_replicas=1, cpus_per_actor=0.5)
+    cfg = config(tmp_path / "ray", *overrides, kind="ray", reward_replicas=1, cpus_per_actor=0.1)  # beside the module runtime
     runtime = build_runtime(cfg)
     try:
         Experiment(cfg, runtime=runtime).run()
