@@ -14,7 +14,8 @@ What one replica needs (`replica_demands`), all on one node:
   config built on the meta device, no weights read) and the dtype's bytes b:
   - host, while loading: every rank reads the whole checkpoint before sharding it
     (engines/build.py), so P·b per rank; a node's ranks together must fit its Ray `memory`;
-  - device: P·b/tp per rank when sharded, P·b when not. Checked against
+  - device: P·b when unsharded; sharded over tp ranks, P·b/tp plus a whole copy of the
+    input embedding table (autotp leaves it unsplit, zero3 keeps one for the engines). Checked against
     `runtime.gpu_memory_gib` when set: weights may use at most WEIGHT_SHARE of a GPU, the
     rest is left for activations, the KV cache and the gradients to the input embeddings.
 
@@ -69,6 +70,7 @@ class ReplicaDemand:
     params: int
     dtype: str
     sharded: bool  # weights split over the ranks (autotp, zero3)
+    embedding_params: int = 0  # the input embedding table, whole on every rank of a sharded replica
 
     @property
     def host_bytes_per_rank(self) -> int:
@@ -76,7 +78,9 @@ class ReplicaDemand:
 
     @property
     def device_bytes_per_rank(self) -> int:
-        return math.ceil(self.host_bytes_per_rank / self.ranks) if self.sharded else self.host_bytes_per_rank
+        if not self.sharded or self.ranks == 1:
+            return self.host_bytes_per_rank
+        return math.ceil(self.host_bytes_per_rank / self.ranks) + self.embedding_params * DTYPE_BYTES[self.dtype]
 
     def needs(self) -> dict:
         return {"GPU": self.ranks * self.gpus_per_rank, "CPU": self.ranks * self.cpus_per_rank,
@@ -121,15 +125,17 @@ def cluster_nodes() -> list[Node]:
 
 
 def replica_demands(options: RuntimeOptions, policy_params: int, policy_dtype: str,
-                    reward_params: Optional[int] = None, reward_dtype: str = "float32") -> list[ReplicaDemand]:
-    """What each replica `options` asks for needs, reward replicas first (the order they start)."""
+                    reward_params: Optional[int] = None, reward_dtype: str = "float32",
+                    embeddings: tuple[int, int] = (0, 0)) -> list[ReplicaDemand]:
+    """What each replica `options` asks for needs, reward replicas first (the order they start).
+    `embeddings`: the policy's and the reward model's input embedding parameters."""
     sharded = options.sharding != "none"
     reward = [] if reward_params is None else [
         ReplicaDemand(f"reward-{i}", "reward", options.reward_tp_size, options.gpus_per_actor,
-                      options.cpus_per_actor, reward_params, reward_dtype, sharded)
+                      options.cpus_per_actor, reward_params, reward_dtype, sharded, embeddings[1])
         for i in range(options.reward_replicas)]
     policy = [ReplicaDemand(f"policy-{i}", "policy", options.tp_size, options.gpus_per_actor,
-                            options.cpus_per_actor, policy_params, policy_dtype, sharded)
+                            options.cpus_per_actor, policy_params, policy_dtype, sharded, embeddings[0])
               for i in range(options.policy_replicas)]
     return reward + policy
 
@@ -231,17 +237,25 @@ class _Counts:
         self.configs: dict = {}
         self.policy_params = parameter_count(policy.path)
         self.reward_params = None if reward is None else parameter_count(reward.path, reward.kind == "classifier")
+        self.embeddings = tuple(0 if spec is None else self._embedding(spec) for spec in (policy, reward))
 
     def demands(self, options: RuntimeOptions) -> list[ReplicaDemand]:
         return replica_demands(options, self.policy_params, self.policy.dtype, self.reward_params,
-                               self.reward.dtype if self.reward else "float32")
+                               self.reward.dtype if self.reward else "float32", self.embeddings)
+
+    def config(self, spec: ModelSpec):
+        if spec.path not in self.configs:
+            self.configs[spec.path] = model_config(spec.path)
+        return self.configs[spec.path]
+
+    def _embedding(self, spec: ModelSpec) -> int:
+        config = self.config(spec)
+        return getattr(config, "vocab_size", 0) * getattr(config, "hidden_size", 0)
 
     def tp_allowed(self, spec: ModelSpec, tp: int) -> bool:
         """Whether autotp can split `spec`'s heads `tp` ways."""
-        if spec.path not in self.configs:
-            self.configs[spec.path] = model_config(spec.path)
         try:
-            check_autotp_divides_heads(self.configs[spec.path], tp, "tp")
+            check_autotp_divides_heads(self.config(spec), tp, "tp")
         except ValueError:
             return False
         return True

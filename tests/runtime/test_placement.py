@@ -4,6 +4,7 @@ replica goes where, and what a refusal names."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -90,6 +91,8 @@ def test_host_memory_while_loading_limits_ranks_per_node(tmp_path):
     plan = plan_for(policy, None, RuntimeOptions(**{**options.__dict__, "tp_size": 4, "policy_replicas": 2}),
                     cluster)
     assert {node.address for _, node in plan.placed} == {"10.0.0.1", "10.0.0.2"}  # one replica per node
+    # on each GPU: a quarter of the weights and the whole (unsplit) input embedding table
+    assert plan.placed[0][0].device_bytes_per_rank == math.ceil(params * 2 / 4) + 152064 * 8192 * 2
 
 
 def test_weights_per_gpu_are_checked_against_gpu_memory(tmp_path):
