@@ -12,7 +12,7 @@ prints problems/min, gradient passes/s and the speedups.
 
 Random weights are unsure everywhere, so selection picks the first positions and the fixed
 prefix is little more than the prompt; `--shape toy` runs the trained toy pair with
-configs/toy.yaml's method (and its held-out problems), where positions are picked mid-answer.
+the toy experiment's method (and its held-out problems), where positions are picked mid-answer.
 """
 
 from __future__ import annotations

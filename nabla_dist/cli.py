@@ -2,9 +2,9 @@
 
     nabla-dist run [EXPERIMENT] [key=value ...]     run (or resume) one experiment
     nabla-dist rescore OUTPUT_DIR [--n 1 2 4]      SC / BoN at smaller N, no new generation
-    nabla-dist sweep SWEEP [key=value ...]          a grid of runs (configs/sweep/), then its report
+    nabla-dist sweep SWEEP [key=value ...]          a grid of runs (nabla_dist/configs/sweep/), then its report
     nabla-dist report DIR [DIR ...] [--out OUT]     tables and plots over run / sweep directories
-    nabla-dist demo [key=value ...]                 the embedded default (configs/sweep/demo.yaml)
+    nabla-dist demo [key=value ...]                 the embedded default (the sweep `demo`)
     nabla-dist train-toy [--out DIR]                rebuild the shipped toy policy and reward model
 """
 
@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nabla-dist", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run one experiment (configs/<EXPERIMENT>.yaml plus overrides)")
-    run.add_argument("experiment", nargs="?", default="default", help="name under configs/ or a YAML path")
+    run = sub.add_parser("run", help="run one experiment (a packaged one or your YAML file, plus overrides)")
+    run.add_argument("experiment", nargs="?", default="default",
+                     help="a packaged experiment (default, toy, paper/math500, …: nabla_dist/configs/) or a YAML path")
     run.add_argument("overrides", nargs="*", help="config overrides, e.g. data.limit=4 method.name=greedy")
     run.set_defaults(func=_run)
     rescore = sub.add_parser("rescore", help="re-score a self_consistency / best_of_n run at smaller N, "

@@ -112,3 +112,23 @@ def load_reward_model(path: str, dtype: str = "float32"):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return _load(AutoModelForSequenceClassification, path, "reward model", dtype=_torch_dtype(dtype), num_labels=1)
+
+
+def parameter_count(path: str, reward: bool = False, *, matmul_only: bool = False) -> int:
+    """Parameters of the model at `path`, counted on the meta device from its config alone (no
+    weights are read, so a 70B model counts in a second). `reward`: a one-output sequence
+    classifier. A tied embedding matrix counts once. `matmul_only`: drop an untied input
+    embedding table (a lookup, no arithmetic per token): the count FLOP estimates use."""
+    config = _load(AutoConfig, path, "model config")
+    with torch.device("meta"):
+        if reward:
+            config.num_labels = 1
+            model = AutoModelForSequenceClassification.from_config(config)
+        else:
+            model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())  # parameters() yields a tied matrix once
+    if not matmul_only:
+        return total
+    embedding = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    return total if head is not None and head.weight is embedding else total - embedding.numel()

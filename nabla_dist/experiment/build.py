@@ -55,12 +55,22 @@ def build_runtime(cfg: ExperimentConfig) -> Runtime:
 
         try:
             return RayRuntime.start(cfg.policy, reward, cfg.runtime, cfg.method.stop,
-                                    keep_head=cfg.method.parametrization == "latents")
+                                    keep_head=cfg.method.parametrization == "latents", on_plan=show_plan(cfg))
         except ValueError as error:  # the cluster cannot hold the replicas, or is not there
             raise ConfigError(str(error)) from error
     from nabla_dist.runtime.local import LocalRuntime
 
     return LocalRuntime.start(cfg.policy, reward, cfg.runtime, cfg.method.stop)
+
+
+def show_plan(cfg: ExperimentConfig):
+    """Prints the placement plan for people (stderr, or the job's log), before any model loads."""
+    def show(plan) -> None:
+        from nabla_dist.experiment.progress import announce
+
+        announce(plan.describe(cfg.runtime.gpu_memory_gib))
+
+    return show
 
 
 def with_model_defaults(method: MethodConfig, prompts: PromptEncoder) -> MethodConfig:

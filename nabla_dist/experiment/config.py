@@ -1,7 +1,11 @@
-"""Experiment configuration: OmegaConf structured configs mirrored by YAML in `configs/`.
+"""Experiment configuration: OmegaConf structured configs mirrored by YAML shipped in the package.
 
-`load_config(experiment, overrides)` merges, in order: these defaults, `configs/<experiment>.yaml`
-(or a YAML path), then `a.b=c` overrides. Unknown keys and wrong types are refused by
+`load_config(experiment, overrides)` merges, in order: these defaults, the experiment's YAML,
+then `a.b=c` overrides. An experiment is a name of a file in `nabla_dist/configs/` (`toy`,
+`paper/math500`; read through importlib.resources, so an installed wheel has them too) or a
+path to a user's own YAML file; `configs/<name>.yaml`, the experiments' place before they
+moved into the package, still names the packaged file. A file may start from another with
+`base: <experiment>` (its keys win). Unknown keys and wrong types are refused by
 OmegaConf; ranges are checked by each section's own dataclass, and the error names the
 full key (`method.rollout.top_p=2.0 is invalid: …`).
 
@@ -14,10 +18,15 @@ layer reads lives here: the method's name, stop strings, data, W&B and where res
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import List, Optional
+try:
+    from importlib.resources.abc import Traversable  # Python ≥ 3.11
+except ImportError:  # Python 3.10
+    from importlib.abc import Traversable
+from pathlib import Path, PurePosixPath
+from typing import List, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -30,7 +39,9 @@ from nabla_dist.experiment.data import DataConfig
 from nabla_dist.runtime.options import RuntimeOptions
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS: Traversable = importlib.resources.files("nabla_dist") / "configs"
+OLD_ROOT = "configs/"  # where the YAML files lived in a checkout before they moved into the package
+YamlFile = Union[Path, Traversable]
 METHODS = ("nabla", "greedy", "self_consistency", "best_of_n")
 # Keys of earlier versions: (the new key, or None when the key had no effect and is gone; why)
 LEGACY_KEYS = {
@@ -83,22 +94,48 @@ class ExperimentConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
-def yaml_file(name: str, folder: Path, what: str) -> Path:
-    """A YAML path as given, or `<folder>/<name>.yaml` for a bare name (`what`: for messages)."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.exists():
-            raise ConfigError(f"{what} file {name!r} does not exist")
-        return path
-    path = folder / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in folder.glob("*.yaml"))
-        raise ConfigError(f"unknown {what} {name!r}: no {path}; known: {known}")
-    return path
+def yaml_file(name: str, folder: Traversable, what: str) -> YamlFile:
+    """A user's YAML path as given, or the packaged `<folder>/<name>.yaml` for a name (`what`:
+    for messages). `configs/…yaml`, a path into a checkout of earlier versions, names the
+    packaged file when no such file exists here."""
+    if PurePosixPath(name).suffix in (".yaml", ".yml"):
+        path = Path(name).expanduser()
+        if path.exists():
+            return path
+        packaged = CONFIGS.joinpath(*PurePosixPath(name[len(OLD_ROOT):]).parts) if name.startswith(OLD_ROOT) else None
+        if packaged is not None and packaged.is_file():
+            return packaged
+        raise ConfigError(f"{what} file {name!r} does not exist")
+    packaged = folder.joinpath(*PurePosixPath(f"{name}.yaml").parts)
+    if not packaged.is_file():
+        raise ConfigError(f"unknown {what} {name!r}: the package has no {name}.yaml; known: {known_names(folder)} "
+                          "(or pass a path to your own YAML file)")
+    return packaged
 
 
-def experiment_file(experiment: str) -> Path:
-    return yaml_file(experiment, CONFIG_DIR, "experiment")
+def known_names(folder: Traversable, skip: tuple[str, ...] = ("sweep",)) -> list[str]:
+    """The names of the packaged YAML files under `folder` (one level of subfolders, `skip`ped ones aside)."""
+    names = []
+    for entry in folder.iterdir():
+        if entry.is_file() and entry.name.endswith(".yaml"):
+            names.append(entry.name[:-len(".yaml")])
+        elif entry.is_dir() and entry.name not in skip:
+            names += [f"{entry.name}/{n}" for n in known_names(entry, skip)]
+    return sorted(names)
+
+
+def read_yaml(path: YamlFile) -> DictConfig:
+    """The file's mapping; a file that is not YAML is refused naming it and the parser's complaint."""
+    import yaml
+
+    try:
+        return OmegaConf.create(path.read_text(encoding="utf-8"))  # OmegaConf's YAML loader: 1e-3 is a float
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from error
+
+
+def experiment_file(experiment: str) -> YamlFile:
+    return yaml_file(experiment, CONFIGS, "experiment")
 
 
 def experiment_layers(experiment: str, seen: tuple[str, ...] = ()) -> list[DictConfig]:
@@ -106,10 +143,13 @@ def experiment_layers(experiment: str, seen: tuple[str, ...] = ()) -> list[DictC
     path = experiment_file(experiment)
     if str(path) in seen:
         raise ConfigError(f"{path}: `base:` loops back to itself through {list(seen)}")
-    layer = OmegaConf.load(path)
+    layer = read_yaml(path)
     if not isinstance(layer, DictConfig):
         raise ConfigError(f"{path}: an experiment file is a mapping of keys, not a {type(layer).__name__}")
     base = layer.pop("base", None)
+    if base and isinstance(path, Path) and PurePosixPath(str(base)).suffix in (".yaml", ".yml") \
+            and not Path(str(base)).exists():
+        base = path.parent / str(base)  # a base path relative to the user's file
     below = experiment_layers(str(base), (*seen, str(path))) if base else []
     return [*below, upgrade_keys(layer, str(path))]
 
@@ -135,7 +175,7 @@ def upgrade_keys(node: DictConfig, where: str, strict: bool = True) -> DictConfi
 
 
 def load_config(experiment: str | None = "default", overrides: list[str] = ()) -> ExperimentConfig:
-    """Defaults ← experiment YAML ← `key=value` overrides, validated."""
+    """Defaults ← experiment YAML (over its `base:`) ← `key=value` overrides, validated."""
     try:
         cfg = OmegaConf.structured(ExperimentConfig)
         if experiment:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from nabla_dist.experiment import toy_task
+from nabla_dist.experiment.grading import GRADE_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class Preset:
     hub_splits: Dict[str, str] = field(default_factory=dict)
     # Turns the answer column into the final answer; ValueError says why it cannot.
     final_answer: Optional[Callable[[str], str]] = None
+    grade: str = "math"  # how answers are judged (grading.py): math equivalence, or integer (AIME)
 
 
 PRESETS: Dict[str, Preset] = {
@@ -90,10 +92,12 @@ PRESETS: Dict[str, Preset] = {
         fields={"id": "id", "question": "problem", "answer": "answer"},
         hub_id="HuggingFaceH4/aime_2024",
         hub_splits={"test": "train"},
+        grade="integer",
     ),
     "aime2025": Preset(
         fields={"id": "id", "question": "problem", "answer": "answer"},
         hub_id="math-ai/aime25",
+        grade="integer",
     ),
     "amc": Preset(
         fields={"id": "id", "question": "problem", "answer": "answer"},
@@ -126,6 +130,9 @@ class DataConfig:
     repeats: int = 1  # attempts per problem, applied by the runner
     size: int = 100  # generators (toy, reasoning_gym): how many problems
     seed: int = 0  # generators: which problems
+    # math (equivalence, math-verify) or integer (the same integer: AIME); null: the
+    # source's own (integer for aime2024 and aime2025, math otherwise)
+    grade: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.name not in SOURCES and not (
@@ -152,10 +159,18 @@ class DataConfig:
         for key, value in (("limit", self.limit), ("repeats", self.repeats), ("size", self.size)):
             if value is not None and value < 1:
                 raise ValueError(f"data.{key}={value} must be >= 1")
+        if self.grade is not None and self.grade not in GRADE_KINDS:
+            raise ValueError(f"data.grade={self.grade!r} is unknown; use one of {GRADE_KINDS} or null for the "
+                             "source's own")
         if self.name == "toy" and self.split not in toy_task.SPLITS:
             raise ValueError(
                 f"data.split={self.split!r} is not a toy split; use one of {toy_task.SPLITS}"
             )
+
+
+def grade_kind(cfg: DataConfig) -> str:
+    """How this run's answers are judged: `data.grade`, else the source's own."""
+    return cfg.grade or PRESETS.get(cfg.name, Preset(fields=GENERIC_FIELDS)).grade
 
 
 def load_problems(cfg: DataConfig) -> List[Problem]:
@@ -351,8 +366,8 @@ def _hub_rows(name: str, preset: Preset, split: str) -> Tuple[str, List[Tuple[in
     if importlib.util.find_spec("datasets") is None:
         raise DataError(
             f"data.name={name!r} without data.path loads {preset.hub_id} from the Hugging Face "
-            "hub, which needs the `datasets` package (and network); set data.path to a local "
-            "jsonl/json/parquet copy instead"
+            "hub, which needs the `datasets` package (pip install \"nabla-dist[hub]\") and network; "
+            "or set data.path to a local jsonl/json/parquet copy"
         )
     import datasets
 

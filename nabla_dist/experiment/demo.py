@@ -1,8 +1,8 @@
 """`nabla-dist demo`: the README's main job. ∇-Reasoner against greedy, self-consistency@8
 and Best-of-N@8 on the same problems, on a local loopback Ray cluster; then a table and
-the report plots. The models and problems are configs/sweep/demo.yaml's base experiment.
+the report plots. The models and problems are nabla_dist/configs/sweep/demo.yaml's base experiment.
 
-It is the sweep `configs/sweep/demo.yaml`, so an interrupted demo resumes where it stopped.
+It is the sweep `nabla_dist/configs/sweep/demo.yaml`, so an interrupted demo resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -91,6 +91,6 @@ def _demo_command(args) -> int:
 
 def add_demo_command(subparsers) -> None:
     demo = subparsers.add_parser("demo", help="the embedded default: ∇-Reasoner vs greedy, SC@8 and BoN@8, "
-                                 "local Ray, CPU (configs/sweep/demo.yaml)")
+                                 "local Ray, CPU (nabla_dist/configs/sweep/demo.yaml)")
     demo.add_argument("overrides", nargs="*", help="e.g. data.limit=50 or sweep.output_dir=DIR")
     demo.set_defaults(func=_demo_command)

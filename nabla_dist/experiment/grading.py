@@ -21,7 +21,7 @@ import logging
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 from math_verify import parse, verify
 
@@ -30,6 +30,7 @@ from math_verify import parse, verify
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 GradeKind = Literal["math", "integer"]
+GRADE_KINDS = ("math", "integer")
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 
@@ -197,6 +198,34 @@ def _as_integer(answer: str) -> int | None:
     return None
 
 
+def same_integer(a: str, b: str) -> bool:
+    """Whether both answers state the same integer ("033", "33.0" and "\\frac{66}{2}" all state
+    33); False when either states none."""
+    value = _as_integer(a) if isinstance(a, str) else None
+    return value is not None and isinstance(b, str) and value == _as_integer(b)
+
+
+def equivalence(kind: GradeKind) -> Callable[[str, str], bool]:
+    """The answer comparison of a grade kind: `is_equivalent` (math) or `same_integer` (integer)."""
+    if kind not in GRADE_KINDS:
+        raise ValueError(f"grade kind must be one of {GRADE_KINDS}, got {kind!r}")
+    return same_integer if kind == "integer" else is_equivalent
+
+
+def check_gold(gold: str, kind: GradeKind) -> None:
+    """Raises ValueError for a gold answer `kind` cannot judge against (a dataset error, not a
+    model error): integer grading needs a gold answer stating an integer."""
+    equivalence(kind)
+    if kind == "integer" and _as_integer(gold) is None:
+        raise ValueError(f"integer grading needs an integer gold answer, got {gold!r}; use data.grade=math "
+                         "for this benchmark")
+
+
+def is_correct(pred: str | None, gold: str, kind: GradeKind = "math") -> bool:
+    """An extracted answer (None: nothing found) judged against the gold answer."""
+    return pred is not None and equivalence(kind)(pred, gold)
+
+
 def grade(response: str, gold: str, kind: GradeKind = "math") -> GradeResult:
     """Extract the answer from `response` and judge it against `gold`.
 
@@ -205,16 +234,6 @@ def grade(response: str, gold: str, kind: GradeKind = "math") -> GradeResult:
     Raises ValueError for an unknown kind, or in integer mode for a gold answer that is
     not an integer (a dataset error, not a model error).
     """
-    if kind not in ("math", "integer"):
-        raise ValueError(f"grade kind must be 'math' or 'integer', got {kind!r}")
+    check_gold(gold, kind)
     pred = extract_answer(response) if isinstance(response, str) else None
-    if kind == "integer":
-        gold_integer = _as_integer(gold)
-        if gold_integer is None:
-            raise ValueError(
-                f"integer grading needs an integer gold answer, got {gold!r}; "
-                "use kind='math' for this benchmark"
-            )
-        correct = pred is not None and _as_integer(pred) == gold_integer
-        return GradeResult(pred=pred, correct=correct)
-    return GradeResult(pred=pred, correct=pred is not None and is_equivalent(pred, gold))
+    return GradeResult(pred=pred, correct=is_correct(pred, gold, kind))

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from nabla_dist.algorithm.accounting import Accounting
 from nabla_dist.algorithm.requests import RolloutResult
-from nabla_dist.experiment.grading import is_equivalent
+from nabla_dist.experiment.grading import is_correct
 from nabla_dist.experiment.metrics import majority_vote
 from nabla_dist.experiment.results import ResultsFile, write_json_atomic
 from nabla_dist.experiment.summary import summarize_results
@@ -33,8 +33,9 @@ from nabla_dist.experiment.summary import summarize_results
 RESCORABLE = ("self_consistency", "best_of_n")
 
 
-def decide(method: str, candidates: list[dict], gold: str | None) -> dict:
-    """The record fields a `method` run with exactly these candidates would write.
+def decide(method: str, candidates: list[dict], gold: str | None, grade: str = "math") -> dict:
+    """The record fields a `method` run with exactly these candidates would write (`grade`:
+    how the chosen answer is judged, grading.py).
 
     A candidate: {"response", "answer", "tokens", "forward_tokens", "stopped"}, plus
     {"reward", "reward_tokens"} for best_of_n.
@@ -62,7 +63,7 @@ def decide(method: str, candidates: list[dict], gold: str | None) -> dict:
     return {
         "response": best["response"],
         "pred": pred,
-        "correct": None if gold is None else (pred is not None and is_equivalent(pred, gold)),
+        "correct": None if gold is None else is_correct(pred, gold, grade),
         "model_calls": count.model_calls,
         "model_calls_honest": count.model_calls_honest,
         "response_tokens": best["tokens"],
@@ -77,7 +78,8 @@ def rescore_record(record: dict, n: int) -> dict:
     candidates = record["candidates"]
     if not 1 <= n <= len(candidates):
         raise ValueError(f"n={n} is out of range: the record of {record['problem_id']} has {len(candidates)} candidates")
-    return {**record, **decide(record["method"], candidates[:n], record["gold"]), "candidates": candidates[:n]}
+    decided = decide(record["method"], candidates[:n], record["gold"], record.get("grade", "math"))
+    return {**record, **decided, "candidates": candidates[:n]}
 
 
 def rescore_records(records: list[dict], n: int) -> list[dict]:

@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 from nabla_dist.algorithm.program import Candidate, ProgramOutput
 from nabla_dist.experiment.build import build_runtime, make_program, with_model_defaults
 from nabla_dist.experiment.config import ConfigError, ExperimentConfig, to_yaml, upgrade_keys
-from nabla_dist.experiment.data import Problem, load_problems
-from nabla_dist.experiment.grading import extract_answer, is_equivalent
+from nabla_dist.experiment.data import Problem, grade_kind, load_problems
+from nabla_dist.experiment.grading import check_gold, extract_answer, is_correct
 from nabla_dist.experiment.progress import RunProgress
 from nabla_dist.experiment.rescore import RESCORABLE, decide
 from nabla_dist.experiment.results import (
@@ -67,6 +67,16 @@ def check_resume(out: Path, cfg: ExperimentConfig) -> None:
         )
 
 
+def _check_golds(problems, kind: str) -> None:
+    """Every gold answer can be judged the way `data.grade` says, before any model work."""
+    for problem in problems:
+        if problem.answer is not None:
+            try:
+                check_gold(problem.answer, kind)
+            except ValueError as error:
+                raise ConfigError(f"problem {problem.id}: {error}") from error
+
+
 class Experiment:
     """Runs `cfg` against a runtime (local engines or Ray replicas: same programs)."""
 
@@ -94,6 +104,7 @@ class Experiment:
     def _run(self) -> dict:
         cfg = self.cfg
         problems = {p.id: p for p in load_problems(cfg.data)}
+        _check_golds(problems.values(), grade_kind(cfg.data))
         wanted = {(pid, r, cfg.method.name) for pid in problems for r in range(cfg.data.repeats)}
         previous = [r for r in self.results.read() if result_key(r) in wanted]
         done = {result_key(r) for r in previous}
@@ -168,6 +179,7 @@ class Experiment:
             "method": method,
             "seed": problem_seed(self.cfg.seed, problem.id, repeat),
             "gold": problem.answer,
+            "grade": grade_kind(self.cfg.data),  # how `correct` was judged (grading.py)
             "response": None,
             "pred": None,
             "correct": None,
@@ -185,7 +197,7 @@ class Experiment:
             return record
         if method in RESCORABLE:
             candidates = self.candidates(output)
-            record.update(decide(method, candidates, problem.answer), candidates=candidates)
+            record.update(decide(method, candidates, problem.answer, record["grade"]), candidates=candidates)
             if record["counts"] != output.count.totals():  # the replay must match the program's own count
                 raise RuntimeError(f"{method} counts replayed from candidates differ from the program's: "
                                      f"{record['counts']} vs {output.count.totals()}")
@@ -195,7 +207,7 @@ class Experiment:
         record.update(
             response=response,
             pred=pred,
-            correct=None if problem.answer is None else (pred is not None and is_equivalent(pred, problem.answer)),
+            correct=None if problem.answer is None else is_correct(pred, problem.answer, record["grade"]),
             model_calls=output.count.model_calls,
             model_calls_honest=output.count.model_calls_honest,
             response_tokens=len(output.response_ids),

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from nabla_dist.experiment import metrics
+from nabla_dist.experiment.grading import equivalence
 
 WALL_TIME_KEYS = ("wall_s_mean", "wall_s_total", "run_wall_s", "problems_per_s", "response_tokens_per_s")
 
@@ -38,6 +39,7 @@ def accuracy(rows: list[dict], repeats: int | None = None) -> dict | None:
     verdicts: dict[str, list[bool]] = defaultdict(list)
     answers: dict[str, list] = defaultdict(list)
     gold: dict[str, str] = {}
+    kind: dict[str, str] = {}  # how the problem's answers are compared (records of earlier versions: math)
     for r in sorted(rows, key=lambda r: (str(r["problem_id"]), r["repeat"])):
         if r["gold"] is None:
             continue
@@ -45,6 +47,7 @@ def accuracy(rows: list[dict], repeats: int | None = None) -> dict | None:
         verdicts[pid].append(bool(r["correct"]))  # an error has correct=None: wrong
         answers[pid].append(r["pred"])
         gold[pid] = r["gold"]
+        kind[pid] = r.get("grade", "math")
     if not verdicts:
         return None
     k = repeats or min(len(v) for v in verdicts.values())
@@ -53,7 +56,7 @@ def accuracy(rows: list[dict], repeats: int | None = None) -> dict | None:
         return None
     return metrics.summarize(
         {p: verdicts[p][:k] for p in complete},
-        majority_correct={p: metrics.maj_at_k(answers[p][:k], gold[p]) for p in complete},
+        majority_correct={p: metrics.maj_at_k(answers[p][:k], gold[p], equivalence(kind[p])) for p in complete},
         pass_ks=sorted({1, k}),
     )
 

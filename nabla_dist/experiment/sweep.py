@@ -1,10 +1,11 @@
 """Sweeps: one base experiment, a grid of config values, one resumable run directory per point.
 
-    nabla-dist sweep SWEEP [key=value ...]    run (or resume) configs/sweep/<SWEEP>.yaml (or a YAML path)
+    nabla-dist sweep SWEEP [key=value ...]    run (or resume) the packaged sweep SWEEP (or a YAML path)
 
-A sweep file (configs/sweep/budget.yaml is a full example):
+Packaged sweeps are nabla_dist/configs/sweep/<SWEEP>.yaml. A sweep file (sweep/budget.yaml is
+a full example):
 
-    base: default                  # configs/<base>.yaml or a YAML path; omit for the typed defaults
+    base: default                  # a packaged experiment or a YAML path; omit for the typed defaults
     overrides: {data.limit: 8}     # every point: dotted or nested keys over the base
     sweep: {name: budget, output_dir: runs/sweeps/budget, parallel: 1, report: true}
     grids:                         # the sweep is the union of these sub-grids, in order
@@ -39,17 +40,25 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
-from nabla_dist.experiment.config import CONFIG_DIR, ConfigError, ExperimentConfig, load_config, to_yaml, yaml_file
+from nabla_dist.experiment.config import (
+    CONFIGS,
+    ConfigError,
+    ExperimentConfig,
+    YamlFile,
+    load_config,
+    to_yaml,
+    yaml_file,
+)
 from nabla_dist.experiment.results import write_json_atomic, write_text_atomic
 from nabla_dist.experiment.progress import announce
 
 log = logging.getLogger(__name__)
 
-SWEEP_DIR = CONFIG_DIR / "sweep"
+SWEEPS = CONFIGS / "sweep"
 OPTIONS = ("name", "output_dir", "parallel", "report")
 MAX_NAME = 96
 
@@ -86,8 +95,8 @@ class Sweep:
 
 
 # -- reading a sweep file -------------------------------------------------------------------
-def sweep_file(sweep: str) -> Path:
-    return yaml_file(sweep, SWEEP_DIR, "sweep")
+def sweep_file(sweep: str) -> YamlFile:
+    return yaml_file(sweep, SWEEPS, "sweep")
 
 
 def _flatten(node: dict, prefix: str = "") -> dict:
@@ -162,7 +171,10 @@ def _digest(values: dict) -> str:
 def load_sweep(sweep: str, cli: list[str] = ()) -> Sweep:
     """The sweep file with `cli` overrides, every point's config resolved and checked."""
     path = sweep_file(sweep)
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from error
     unknown = set(spec) - {"base", "overrides", "sweep", "grids"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; use base, overrides, sweep, grids")
@@ -180,13 +192,13 @@ def load_sweep(sweep: str, cli: list[str] = ()) -> Sweep:
     bad = set(options) - set(OPTIONS)
     if bad:
         raise ConfigError(f"unknown sweep options {sorted(bad)}; use sweep.{{{','.join(OPTIONS)}}}")
-    name = str(options.get("name") or path.stem)
+    name = str(options.get("name") or PurePosixPath(path.name).stem)
     parallel = options.get("parallel", 1)
     if not isinstance(parallel, int) or parallel < 1:
         raise ConfigError(f"sweep.parallel={parallel!r} is invalid: use an integer ≥ 1")
     base = spec.get("base")
-    if base and Path(base).suffix in (".yaml", ".yml") and not Path(base).exists():
-        base = str(path.parent / base)  # a base path relative to the sweep file
+    if base and isinstance(path, Path) and Path(base).suffix in (".yaml", ".yml") and not Path(base).exists():
+        base = str(path.parent / base)  # a base path relative to the user's sweep file
     out = Path(options.get("output_dir") or f"runs/sweeps/{name}")
     assignments = expand(spec.get("grids") or [{}], str(path))
     swept = {k for a in assignments for k in a}
@@ -384,9 +396,9 @@ def add_sweep_commands(subparsers) -> None:
     """`nabla-dist sweep` and `nabla-dist report`."""
     from nabla_dist.experiment.report import add_report_command
 
-    sweep = subparsers.add_parser("sweep", help="run (or resume) every point of configs/sweep/<SWEEP>.yaml, "
-                                  "then write its report")
-    sweep.add_argument("sweep", help="name under configs/sweep/ or a YAML path")
+    sweep = subparsers.add_parser("sweep", help="run (or resume) every point of the sweep SWEEP "
+                                  "(nabla_dist/configs/sweep/<SWEEP>.yaml or a YAML path), then write its report")
+    sweep.add_argument("sweep", help="a packaged sweep name (budget, demo, model_size, …) or a YAML path")
     sweep.add_argument("overrides", nargs="*", help="sweep.parallel=2, sweep.output_dir=DIR, or any experiment "
                        "key for every point, e.g. data.limit=2")
     sweep.set_defaults(func=_sweep_command)

@@ -92,15 +92,18 @@ def replica_placement_group(
     gpus_per_actor: float = 0.0,
     *,
     ready_timeout_s: float = 120.0,
+    node_id: str | None = None,
 ) -> PlacementGroup:
     """`tp_size` bundles of `{"CPU": cpus_per_actor, "GPU": gpus_per_actor}` on one node
-    (STRICT_PACK); waits until Ray reserves them, or raises naming what is missing."""
+    (STRICT_PACK); waits until Ray reserves them, or raises naming what is missing.
+    `node_id`: the node to use when it has room (the placement plan's choice; a soft
+    target, so a group rebuilt after that node died goes elsewhere)."""
     if tp_size < 1:
         raise ValueError(f"tp_size must be >= 1, got {tp_size}")
     bundle = {"CPU": float(cpus_per_actor)}
     if gpus_per_actor > 0:
         bundle["GPU"] = float(gpus_per_actor)
-    pg = placement_group([dict(bundle) for _ in range(tp_size)], strategy="STRICT_PACK")
+    pg = placement_group([dict(bundle) for _ in range(tp_size)], strategy="STRICT_PACK", _soft_target_node_id=node_id)
     ready, _ = ray.wait([pg.ready()], timeout=ready_timeout_s)
     if not ready:
         remove_placement_group(pg)

@@ -18,7 +18,7 @@ from nabla_dist.runtime.scheduler import DEFAULT_PATIENCE
 
 RUNTIMES = ("local", "ray")
 RAY_ONLY = ("address", "num_cpus", "policy_replicas", "reward_replicas", "tp_size", "reward_tp_size", "sharding",
-            "gpus_per_actor", "cpus_per_actor", "max_restarts")
+            "gpus_per_actor", "cpus_per_actor", "gpu_memory_gib", "max_restarts")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class RuntimeOptions:
     sharding: str = "none"  # none | autotp | zero3, for every replica of more than one rank
     gpus_per_actor: float = 0.0  # 1 on a GPU cluster
     cpus_per_actor: float = 1.0
+    # Memory of one GPU: the placement plan (placement.py) checks each rank's share of the
+    # weights against it before any model loads. null: not checked.
+    gpu_memory_gib: Optional[float] = None
     max_restarts: int = 3  # rebuilds of one replica before it is retired
 
     def __post_init__(self):
@@ -59,6 +62,7 @@ class RuntimeOptions:
               "a replica of more than one rank must be sharded: set runtime.sharding=autotp or zero3, or tp_size=1")
         check(self.cpus_per_actor > 0, "cpus_per_actor", self.cpus_per_actor, "use > 0")
         check(self.gpus_per_actor >= 0, "gpus_per_actor", self.gpus_per_actor, "use ≥ 0")
+        check_optional(self.gpu_memory_gib, "gpu_memory_gib", lambda v: v > 0, "use the GiB of one GPU, e.g. 80")
         check(self.max_restarts >= 0, "max_restarts", self.max_restarts, "use ≥ 0")
 
     def ignored_by_local(self) -> list[str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Callable, Hashable
 
 import ray
 import torch
@@ -31,6 +31,7 @@ from nabla_dist.engines.spec import PolicySpec, RewardSpec
 from nabla_dist.runtime.cluster import start_ray
 from nabla_dist.runtime.interface import model_for
 from nabla_dist.runtime.options import RuntimeOptions
+from nabla_dist.runtime.placement import PlacementPlan, plan_for
 from nabla_dist.runtime.scheduler import KindChooser, OnFinish, Programs, Scheduler, Ticket, batches
 from nabla_dist.runtime.workers import PolicyWorker, Replica, RewardWorker
 
@@ -63,6 +64,7 @@ class RayRuntime:
         self.requests_served: dict[str, int] = defaultdict(int)
         self.engine_seconds: dict[str, float] = defaultdict(float)  # rank 0's time inside the engine
         self.restarts = 0
+        self.plan: PlacementPlan | None = None  # where `start` put the replicas
         self._started_ray = started_ray
         self._flights: dict[ray.ObjectRef, _Flight] = {}
         self._solo: set[tuple[Hashable, int]] = set()  # tickets of a failed batch, served alone
@@ -73,9 +75,12 @@ class RayRuntime:
     # -- construction -----------------------------------------------------------------
     @classmethod
     def start(cls, policy: PolicySpec, reward: RewardSpec | None, options: RuntimeOptions,
-              stop_strings=(), keep_head: bool = False) -> "RayRuntime":
-        """Start or join the Ray cluster, check that it can hold the replicas (before any actor
-        starts), then start every replica and wait until each has loaded its model.
+              stop_strings=(), keep_head: bool = False,
+              on_plan: Callable[[PlacementPlan], None] | None = None) -> "RayRuntime":
+        """Start or join the Ray cluster, plan which replica goes on which node (placement.py;
+        before any actor starts, `on_plan` gets the plan), then start every replica where
+        planned and wait until each has loaded its model. Raises PlacementError (a ValueError)
+        when the cluster cannot hold the replicas.
         `keep_head`: policy rank 0 keeps W_head whole (the `latents` parametrization)."""
         prompts = PromptEncoder.from_files(policy)
         try:
@@ -83,17 +88,22 @@ class RayRuntime:
         except ConnectionError as error:
             raise ValueError(f"runtime.address={options.address!r}: {error}") from error
         try:
-            _check_resources(options, reward is not None)
-        except ValueError:
+            plan = plan_for(policy, reward, options)
+        except BaseException:  # does not fit, or a model config cannot be read
             if session.started_here:
                 ray.shutdown()
             raise
+        log.debug("%s", plan.describe(options.gpu_memory_gib))
+        if on_plan is not None:
+            on_plan(plan)
         runtime = cls(prompts, options, session.started_here)
+        runtime.plan = plan
         layout = dict(cpus_per_actor=options.cpus_per_actor, gpus_per_actor=options.gpus_per_actor)
         try:
             if reward is not None:
                 runtime.reward = [
-                    Replica(f"reward-{i}", RewardWorker, options.reward_tp_size, **layout, spec=reward,
+                    Replica(f"reward-{i}", RewardWorker, options.reward_tp_size, **layout,
+                            node_id=plan.node_of(f"reward-{i}"), spec=reward,
                             device=options.device, policy_tokenizer=policy.tokenizer_path,
                             policy_vocab_size=model_config(policy.path).vocab_size, sharding=options.sharding)
                     for i in range(options.reward_replicas)
@@ -103,7 +113,8 @@ class RayRuntime:
             # reward replica 0 is gone. Boxed in a list: policy ranks load while it is computed.
             aligned = [runtime.reward[0].actors[0].aligned_embeddings.remote()] if reward is not None else None
             runtime.policy = [
-                Replica(f"policy-{i}", PolicyWorker, options.tp_size, **layout, spec=policy, device=options.device,
+                Replica(f"policy-{i}", PolicyWorker, options.tp_size, **layout, node_id=plan.node_of(f"policy-{i}"),
+                        spec=policy, device=options.device,
                         stop_strings=tuple(stop_strings), sharding=options.sharding, keep_head=keep_head,
                         reward_embeddings=aligned)
                 for i in range(options.policy_replicas)
@@ -276,19 +287,3 @@ class RayRuntime:
             except (TimeoutError, RayError) as start_error:  # no room for its placement group
                 error, requeued = start_error, 0
 
-
-def _check_resources(options: RuntimeOptions, use_reward: bool) -> None:
-    """Refuse a layout the cluster cannot hold (it would wait forever for its placement groups)."""
-    actors = options.policy_replicas * options.tp_size
-    if use_reward:
-        actors += options.reward_replicas * options.reward_tp_size
-    have = ray.cluster_resources()
-    for resource, per_actor, key in (("GPU", options.gpus_per_actor, "gpus_per_actor"),
-                                     ("CPU", options.cpus_per_actor, "cpus_per_actor")):
-        need = actors * per_actor
-        if need > have.get(resource, 0) + 1e-9:
-            raise ValueError(
-                f"the replicas need {need:g} {resource}s ({actors} rank actors × runtime.{key}={per_actor:g}) but "
-                f"the Ray cluster has {have.get(resource, 0):g}: lower runtime.policy_replicas / reward_replicas / "
-                f"tp_size / {key}, or add nodes"
-            )

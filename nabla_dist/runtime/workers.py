@@ -100,8 +100,9 @@ class Replica:
     """One model replica: `world_size` rank actors of `worker_cls` in their own placement group."""
 
     def __init__(self, name: str, worker_cls: type[_Rank], world_size: int, cpus_per_actor: float,
-                 gpus_per_actor: float, **worker_kwargs):
-        self.name, self.worker_cls, self.world_size = name, worker_cls, world_size
+                 gpus_per_actor: float, node_id: str | None = None, **worker_kwargs):
+        """`node_id`: where the placement plan puts it (placement.py); a soft target."""
+        self.name, self.worker_cls, self.world_size, self.node_id = name, worker_cls, world_size, node_id
         self.cpus_per_actor, self.gpus_per_actor = cpus_per_actor, gpus_per_actor
         self.worker_kwargs = worker_kwargs
         self.actors: list = []
@@ -114,7 +115,8 @@ class Replica:
     def start(self) -> list[ray.ObjectRef]:
         """Reserve a placement group, create the ranks; returns refs that resolve once each
         rank has loaded its model (or raise if it could not)."""
-        self.placement_group = replica_placement_group(self.world_size, self.cpus_per_actor, self.gpus_per_actor)
+        self.placement_group = replica_placement_group(self.world_size, self.cpus_per_actor, self.gpus_per_actor,
+                                                       node_id=self.node_id)
         self.actors = create_rank_actors(
             self.worker_cls, self.placement_group, uuid.uuid4().hex,
             cpus_per_actor=self.cpus_per_actor, gpus_per_actor=self.gpus_per_actor, **self.worker_kwargs,
