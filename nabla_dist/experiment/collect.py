@@ -33,6 +33,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from nabla_dist.engines.loading import parameter_count
 from nabla_dist.experiment.grading import is_equivalent
 from nabla_dist.experiment.rescore import RESCORABLE, default_ns, rescore_records
 from nabla_dist.experiment.results import ResultsFile
@@ -69,24 +70,8 @@ def run_dirs(path: Path) -> list[tuple[Path, dict, str | None]]:
 
 
 def count_params(path: str, reward: bool = False) -> int:
-    """Parameters doing matmuls per token: all, less an untied input embedding table (meta-device
-    build from the model's config: no weights are read). `reward`: a one-output sequence classifier."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from nabla_dist.engines.loading import resolve_path
-
-    config = AutoConfig.from_pretrained(resolve_path(path))
-    with torch.device("meta"):
-        if reward:
-            config.num_labels = 1
-            model = AutoModelForSequenceClassification.from_config(config)
-        else:
-            model = AutoModelForCausalLM.from_config(config)
-    total = sum(p.numel() for p in model.parameters())  # a tied matrix is counted once
-    embedding = model.get_input_embeddings().weight
-    head = model.get_output_embeddings()
-    return total if head is not None and head.weight is embedding else total - embedding.numel()
+    """Parameters doing matmuls per token (engines/loading.parameter_count, no weights read)."""
+    return parameter_count(path, reward, matmul_only=True)
 
 
 def _params(path: str | None, reward: bool, notes: list[str], known: dict) -> int | None:
