@@ -44,3 +44,22 @@ def make_reward(tiny_paths, policy_tokenizer, name="reward", **options):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_paths[name])
     spec = RewardSpec(path=str(tiny_paths[name]), **options)
     return RewardEngine(model, AutoTokenizer.from_pretrained(tiny_paths[name]), policy_tokenizer, spec)
+
+
+def read_results(out) -> dict:
+    """results.jsonl keyed by (problem, repeat), without what two equal runs may differ in:
+    timings, and the counters of what ran (accounting.EXECUTED: they depend on what the
+    engines' gradient memory and prefix caches held). A result written twice fails."""
+    import json
+
+    from nabla_dist.algorithm.accounting import EXECUTED
+
+    records = {}
+    for line in (out / "results.jsonl").read_text().splitlines():
+        record = {k: v for k, v in json.loads(line).items() if k not in ("wall_s", "session", "finished_at")}
+        record["counts"] = {k: v for k, v in record["counts"].items() if k not in EXECUTED}
+        record.pop("model_calls_honest")
+        key = (record["problem_id"], record["repeat"])
+        assert key not in records, f"{key} written twice"
+        records[key] = record
+    return records

@@ -8,7 +8,6 @@ that start the replicas (DeepSpeed ranks) and run an experiment are marked slow.
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -24,6 +23,7 @@ from nabla_dist.experiment.run import Experiment  # noqa: E402
 from nabla_dist.runtime.dist_group import replica_placement_group  # noqa: E402
 from nabla_dist.runtime.options import RuntimeOptions  # noqa: E402
 from nabla_dist.runtime.placement import plan_for  # noqa: E402
+from tests.conftest import read_results  # noqa: E402
 from tests.runtime.simulated_cluster import simulated_cluster  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
@@ -33,17 +33,10 @@ NODES = [dict(num_cpus=2, num_gpus=4), dict(num_cpus=1, num_gpus=1), dict(num_cp
 LAYOUT = dict(kind="ray", policy_replicas=1, tp_size=2, sharding="autotp", reward_replicas=2, reward_tp_size=1,
               gpus_per_actor=1, cpus_per_actor=0.5, max_restarts=1)
 METHOD = ["method.max_new_tokens=12", "method.max_iters=4", "method.grad_norm_threshold=null", "wandb.mode=disabled"]
-TIMING = ("wall_s", "session", "finished_at")
 
 
 def config(out, *overrides, **runtime):
     return load_config(None, [f"output_dir={out}", *METHOD, *overrides, *(f"runtime.{k}={v}" for k, v in runtime.items())])
-
-
-def results(out) -> dict:
-    records = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-               for line in (out / "results.jsonl").read_text().splitlines()]
-    return {(r["problem_id"], r["repeat"]): r for r in records}
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +102,7 @@ def test_an_experiment_across_three_nodes_equals_the_local_runtime(cluster, runt
     cfg = config(tmp_path / "ray", "data.limit=3", address=cluster.address, **LAYOUT)
     Experiment(cfg, runtime=runtime).run()
     Experiment(config(tmp_path / "local", "data.limit=3")).run()
-    remote, local = results(tmp_path / "ray"), results(tmp_path / "local")
+    remote, local = read_results(tmp_path / "ray"), read_results(tmp_path / "local")
     assert len(local) == 3 and all(r["error"] is None and r["response"] for r in local.values())
     assert remote == local
 

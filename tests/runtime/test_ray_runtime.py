@@ -8,7 +8,6 @@ through it and compares results.jsonl with the in-process runtime.
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import sys
 import threading
@@ -24,29 +23,18 @@ from nabla_dist.experiment.config import ConfigError, load_config  # noqa: E402
 from nabla_dist.experiment.run import Experiment  # noqa: E402
 from nabla_dist.runtime.cluster import start_ray  # noqa: E402
 from nabla_dist.runtime.ray_runtime import NoReplicaLeft  # noqa: E402
+from tests.conftest import read_results  # noqa: E402
 
 pytestmark = pytest.mark.timeout(1200)
 
 METHOD = ["method.max_new_tokens=16", "method.max_iters=5", "method.grad_norm_threshold=null", "wandb.mode=disabled"]
 RAY = dict(kind="ray", policy_replicas=1, tp_size=2, sharding="autotp", reward_replicas=1, reward_tp_size=1,
            cpus_per_actor=0.5, max_restarts=2)
-TIMING = ("wall_s", "session", "finished_at")
 
 
 def config(out, *overrides, **runtime):
     """A config from overrides, `runtime.<key>=<value>` for each keyword."""
     return load_config(None, [f"output_dir={out}", *METHOD, *overrides, *(f"runtime.{k}={v}" for k, v in runtime.items())])
-
-
-def results(out) -> dict:
-    """results.jsonl without timing fields, keyed by (problem, repeat); a duplicate fails."""
-    records = {}
-    for line in (out / "results.jsonl").read_text().splitlines():
-        record = {k: v for k, v in json.loads(line).items() if k not in TIMING}
-        key = (record["problem_id"], record["repeat"])
-        assert key not in records, f"{key} written twice"
-        records[key] = record
-    return records
 
 
 def total(counter) -> int:
@@ -85,12 +73,12 @@ def undisturbed(runtime, tmp_path_factory):
     """The 6-problem run on the Ray runtime, nothing killed."""
     out = tmp_path_factory.mktemp("ray")
     Experiment(config(out, "data.limit=6", **RAY), runtime=runtime).run()
-    return results(out)
+    return read_results(out)
 
 
 def test_ray_tp2_results_equal_local_results(undisturbed, tmp_path):
     Experiment(config(tmp_path, "data.limit=6")).run()
-    local = results(tmp_path)
+    local = read_results(tmp_path)
     assert len(local) == 6
     assert all(r["error"] is None and r["response"] for r in local.values())
     assert undisturbed == local
@@ -105,7 +93,7 @@ def test_requests_are_batched_across_problems_with_unbatched_results(runtime, tm
     unbatched.run()
     assert total(unbatched.runtime.engine_calls) == served  # one engine call per request there
     assert calls <= served / 2.5, f"{calls} engine calls for {served} requests"
-    assert results(tmp_path / "ray") == results(tmp_path / "local")
+    assert read_results(tmp_path / "ray") == read_results(tmp_path / "local")
 
 
 def test_a_failing_request_fails_only_its_problem(runtime):
@@ -141,7 +129,7 @@ def test_killed_policy_rank_rebuilds_its_replica_and_loses_no_problem(runtime, u
     assert runtime.restarts == restarts + 1
     assert victim not in runtime.policy[0].actors
     assert "policy-0 lost a rank" in caplog.text
-    assert results(tmp_path) == undisturbed  # each problem once, as if nothing happened
+    assert read_results(tmp_path) == undisturbed  # each problem once, as if nothing happened
 
 
 @pytest.mark.slow  # its own replicas: ~2 min on 2 cores
@@ -156,7 +144,7 @@ def test_zero3_tied_policy_and_reward_equal_local_results(ray_session, tmp_path)
         Experiment(cfg, runtime=runtime).run()
     finally:
         runtime.shutdown()
-    assert results(tmp_path / "ray") == results(tmp_path / "local")
+    assert read_results(tmp_path / "ray") == read_results(tmp_path / "local")
 
 
 @pytest.mark.parametrize("kind", ["classifier", "verifier"])
@@ -172,7 +160,7 @@ def test_every_reward_kind_scores_on_ray_as_it_does_locally(ray_session, tmp_pat
         Experiment(cfg, runtime=runtime).run()
     finally:
         runtime.shutdown()
-    local, remote = results(tmp_path / "local"), results(tmp_path / "ray")
+    local, remote = read_results(tmp_path / "local"), read_results(tmp_path / "ray")
     assert local.keys() == remote.keys()
     for key in local:
         rewards = [c.pop("reward") for c in local[key]["candidates"]]
