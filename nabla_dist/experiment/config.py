@@ -14,13 +14,16 @@ layer reads lives here: the method's name, stop strings, data, W&B and where res
 
 from __future__ import annotations
 
+import difflib
 import logging
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import List, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from nabla_dist.algorithm.baselines import SampleConfig
 from nabla_dist.algorithm.checks import InvalidSetting, check
@@ -88,12 +91,12 @@ def yaml_file(name: str, folder: Path, what: str) -> Path:
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
         if not path.exists():
-            raise ConfigError(f"{what} file {name!r} does not exist")
+            raise ConfigError(f"{what} file {name!r} does not exist — check the path")
         return path
     path = folder / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in folder.glob("*.yaml"))
-        raise ConfigError(f"unknown {what} {name!r}: no {path}; known: {known}")
+        raise ConfigError(f"unknown {what} {name!r} (no {path}) — use one of {', '.join(known)}, or a YAML path")
     return path
 
 
@@ -114,7 +117,7 @@ def upgrade_keys(node: DictConfig, where: str, strict: bool = True) -> DictConfi
             OmegaConf.update(node, new, value, force_add=True)
             log.warning("%s: %s is now %s", where, old, new)
         elif strict:
-            raise ConfigError(f"{where}: {old} no longer exists ({why}); delete it")
+            raise ConfigError(f"{where}: {old} no longer exists ({why}) — delete it")
         else:
             parent.pop(key)
     return node
@@ -122,30 +125,74 @@ def upgrade_keys(node: DictConfig, where: str, strict: bool = True) -> DictConfi
 
 
 def load_config(experiment: str | None = "default", overrides: list[str] = ()) -> ExperimentConfig:
-    """Defaults ← experiment YAML ← `key=value` overrides, validated."""
+    """Defaults ← experiment YAML ← `key=value` overrides, validated. Every error is a
+    ConfigError of one line that names the key (or file) and the fix."""
+    schema = OmegaConf.structured(ExperimentConfig)
+    cfg = schema
     try:
-        cfg = OmegaConf.structured(ExperimentConfig)
         if experiment:
             path = experiment_file(experiment)
-            cfg = OmegaConf.merge(cfg, upgrade_keys(OmegaConf.load(path), str(path)))
+            cfg = OmegaConf.merge(cfg, upgrade_keys(_read_yaml(path), str(path)))
+        for item in overrides:
+            if "=" not in item or not item.partition("=")[0].strip():
+                raise ConfigError(f"override {item!r} is not key=value — write it as key=value, e.g. data.limit=4")
         cfg = OmegaConf.merge(cfg, upgrade_keys(OmegaConf.from_dotlist(list(overrides)), "override"))
         return build(cfg)
     except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None) or "?"
-        message = (getattr(error, "msg", None) or str(error)).split("\n")[0]
-        raise ConfigError(f"bad configuration key {key!r}: {message}") from error
+        raise ConfigError(_omegaconf_message(error, schema)) from error
     except InvalidSetting as error:
-        raise ConfigError(str(error)) from error
-    except ValueError as error:  # DataConfig's own checks
-        raise ConfigError(str(error)) from error
+        raise ConfigError(f"{error.key}={error.value!r} is invalid — {error.fix}") from error
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    """An experiment file as a mapping of settings; ConfigError for bad YAML or another shape."""
+    try:
+        node = OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML ({problem}{where}) — fix the file") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path} holds a {type(node).__name__.removesuffix('Config').lower()}, not a mapping of "
+                          "settings — write it as `section: {key: value}` lines, e.g. `method: {name: greedy}`")
+    return node
+
+
+def _omegaconf_message(error: OmegaConfBaseException, schema: DictConfig) -> str:
+    key = getattr(error, "full_key", None) or ""
+    message = " ".join((getattr(error, "msg", None) or str(error)).split("\n")[0].split())
+    if isinstance(error, ConfigKeyError) and key:
+        parent, _, leaf = key.rpartition(".")
+        section = OmegaConf.select(schema, parent) if parent else schema
+        known = list(section.keys()) if isinstance(section, DictConfig) else []
+        close = difflib.get_close_matches(leaf, known, n=1)
+        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else \
+            f"the keys of {parent or 'the top level'} are {', '.join(known)}"
+        return f"unknown configuration key {key!r} — {hint}"
+    if key:
+        return f"bad value for {key}: {message} — use a value of the type configs/default.yaml shows for {key}"
+    return f"bad configuration: {message} — a section (method, policy, …) takes keys, e.g. method.name=greedy"
 
 
 def build(cfg: DictConfig) -> ExperimentConfig:
     """The typed config from a merged tree; a section's range error names its full key."""
     try:
-        return OmegaConf.to_object(cfg)
+        typed = OmegaConf.to_object(cfg)
     except InvalidSetting as error:
         raise error.under(_failing_section(cfg) or "") from error
+    _check_finite(typed)
+    return typed
+
+
+def _check_finite(node, path: str = "") -> None:
+    """No setting takes an infinite or NaN value (null turns optional ones off)."""
+    for item in fields(node):
+        value, key = getattr(node, item.name), f"{path}{item.name}"
+        if is_dataclass(value):
+            _check_finite(value, key + ".")
+        elif isinstance(value, float):
+            check(math.isfinite(value), key, value, "use a finite number")
 
 
 def _failing_section(node: DictConfig, path: str = "") -> str | None:
