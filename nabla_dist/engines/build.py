@@ -33,7 +33,7 @@ def build_policy_engine(
     """`world_size` > 1: this process is one rank of a replica whose torch.distributed group
     is joined; `keep_head`: keep W_head whole for `head_matrix` (the `latents` parametrization)."""
     tokenizer = load_tokenizer(spec.tokenizer_path)
-    model = load_causal_lm(spec.path, spec.dtype)
+    model = load_causal_lm(spec.path, spec.dtype, allow_pickle=spec.allow_pickle)
     sharded = sharding != "none" and world_size > 1
     head = model.get_output_embeddings().weight.detach().float().clone() if keep_head and sharded else None
     embeddings = _whole_embeddings(model, sharding, world_size)
@@ -55,9 +55,10 @@ def build_reward_engine(
     `policy_vocab_size`: rows of the policy's embedding matrix (see RewardEngine)."""
     tokenizer = load_tokenizer(spec.tokenizer_path)
     if spec.kind == "verifier":
-        engine_cls, model = GenerativeVerifierEngine, load_causal_lm(spec.path, spec.dtype)
+        engine_cls = GenerativeVerifierEngine
+        model = load_causal_lm(spec.path, spec.dtype, allow_pickle=spec.allow_pickle, role="reward")
     else:
-        engine_cls, model = RewardEngine, load_reward_model(spec.path, spec.dtype)
+        engine_cls, model = RewardEngine, load_reward_model(spec.path, spec.dtype, allow_pickle=spec.allow_pickle)
     embeddings = _whole_embeddings(model, sharding, world_size)
     module = shard_model(model, sharding, world_size)
     return engine_cls(module, tokenizer, policy_tokenizer, spec, device, policy_vocab_size,

@@ -27,9 +27,13 @@ class ModelSpec:
     # regenerations prefill only their forced token on them. 0 recomputes the whole
     # sequence every pass (the naive path, for ablations).
     prefix_cache: int = 64
+    # Weights from pickle files (pytorch_model.bin) when the model has no safetensors:
+    # unpickling can run code, so only for files you trust (engines/loading.py).
+    allow_pickle: bool = False
 
     def __post_init__(self):
-        check(bool(self.path), "path", self.path, "name a model directory, a hub id, or toy:/tiny:/smollm2: model")
+        check(bool(self.path), "path", self.path,
+              "name a model directory, a tiny:/toy:/smollm2: model, or hf:<org>/<name> for the hub")
         check(self.dtype in DTYPES, "dtype", self.dtype, f"choose one of {', '.join(DTYPES)}")
         check(self.prefix_cache >= 0, "prefix_cache", self.prefix_cache, "use ≥ 0 (0 turns the prefix KV off)")
 
