@@ -102,6 +102,9 @@ def _check_directory(location: str, path: str, what: str) -> None:
     if not folder.is_dir():
         return  # a hub id
     if what == "tokenizer":
+        if not any((folder / name).exists() for name in TOKENIZER_FILES + ("config.json",)):
+            raise ModelPathError(f"{path!r} is not a model directory (no config.json, no tokenizer files) — pass a "
+                                 "directory saved with save_pretrained")
         if not any((folder / name).exists() for name in TOKENIZER_FILES):
             raise ModelPathError(f"{path!r} is not a tokenizer directory (none of {', '.join(TOKENIZER_FILES)}) — "
                                  "pass a directory saved with save_pretrained, or set the model's tokenizer key")
