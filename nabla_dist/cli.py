@@ -73,8 +73,9 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         if experiment is None:
             raise Interrupted("interrupted before any result — rerun the same command to start") from None
+        new = experiment.new_results
         raise Interrupted(
-            f"interrupted after {experiment.new_results} new results ({experiment.results_done} of "
+            f"interrupted after {new} new result{'' if new == 1 else 's'} ({experiment.results_done} of "
             f"{experiment.results_wanted} done in {cfg.output_dir}) — rerun the same command to resume"
         ) from None
     print(json.dumps(summary, indent=2))
