@@ -62,7 +62,10 @@ class _Parser(argparse.ArgumentParser):
 def _run(args) -> int:
     from nabla_dist.experiment.run import Experiment
 
-    cfg = load_config(args.experiment, args.overrides)
+    experiment, overrides = args.experiment, list(args.overrides)
+    if "=" in experiment:  # `nabla-dist run data.limit=4`: an override, not an experiment
+        experiment, overrides = "default", [experiment, *overrides]
+    cfg = load_config(experiment, overrides)
     experiment = None
     try:
         experiment = Experiment(cfg)
@@ -137,9 +140,6 @@ def _fail(message: str, code: int, error: BaseException, debug: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # `nabla-dist run data.limit=4`: a first positional with '=' is an override, not an experiment
-    if len(argv) >= 2 and argv[0] == "run" and "=" in argv[1]:
-        argv = [argv[0], "default", *argv[1:]]
     debug = "--debug" in argv
     try:
         args = _parser().parse_args(argv)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from nabla_dist.engines.loading import load_causal_lm, load_reward_model, load_tokenizer, model_config
+from nabla_dist.engines.loading import check_weights, load_causal_lm, load_reward_model, load_tokenizer, model_config
 from nabla_dist.engines.policy import PolicyEngine
 from nabla_dist.engines.reward import RewardEngine, alignment_index, check_chat_template
 from nabla_dist.engines.sharding import check_autotp_divides_heads, shard_model
@@ -77,6 +77,7 @@ def _whole_embeddings(model, sharding: str, world_size: int) -> torch.Tensor | N
 def check_policy(spec: PolicySpec, *, sharding: str = "none", tp_size: int = 1):
     """Returns the policy tokenizer (the reward check aligns to it)."""
     tokenizer = load_tokenizer(spec.tokenizer_path)
+    check_weights(spec.path, spec.allow_pickle, "policy")
     if sharding == "autotp" and tp_size > 1:
         check_autotp_divides_heads(model_config(spec.path), tp_size, "runtime.tp_size")
     return tokenizer
@@ -85,6 +86,7 @@ def check_policy(spec: PolicySpec, *, sharding: str = "none", tp_size: int = 1):
 def check_reward(spec: RewardSpec, policy_tokenizer, *, sharding: str = "none", tp_size: int = 1) -> None:
     """The reward engine's own template, alignment and verdict checks, on its tokenizer."""
     tokenizer = load_tokenizer(spec.tokenizer_path)
+    check_weights(spec.path, spec.allow_pickle, "reward")
     if sharding == "autotp" and tp_size > 1:
         check_autotp_divides_heads(model_config(spec.path), tp_size, "runtime.reward_tp_size")
     try:

@@ -167,9 +167,16 @@ def _torch_dtype(dtype: str) -> torch.dtype:
     return getattr(torch, dtype)
 
 
+def check_weights(path: str, allow_pickle: bool = False, role: str = "policy") -> None:
+    """The model directory holds weights that may be loaded (no model is read): safetensors,
+    or pickle with `allow_pickle` (`role`: the config section a message names)."""
+    location = resolve_path(path)
+    _check_directory(location, path, f"{role} model")
+    _check_weights(location, path, allow_pickle, role)
+
+
 def _load_weights(loader, path: str, what: str, allow_pickle: bool, role: str, **kwargs):
-    """A model from safetensors; from pickle only with `allow_pickle` (`role`: the config
-    section whose allow_pickle a message names)."""
+    """A model from safetensors; from pickle only with `allow_pickle`."""
     _check_weights(resolve_path(path), path, allow_pickle, role)
     return _load(loader, path, what, use_safetensors=None if allow_pickle else True, **kwargs)
 

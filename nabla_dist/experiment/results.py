@@ -218,7 +218,7 @@ class OutputLock:
 
     def __init__(self, out: Path):
         self.path = Path(out) / ".lock"
-        self._fd = _open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
+        self._fd = _open_nofollow(self.path, os.O_RDONLY | os.O_CREAT)  # flock needs no write access
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
