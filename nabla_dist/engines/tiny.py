@@ -12,6 +12,7 @@ Everything is seeded, so two builds are identical.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import random
 import shutil
@@ -33,6 +34,7 @@ CHATML = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+log = logging.getLogger(__name__)
 SUITE_VERSION = "1"
 SUITE = ("tokenizer", "policy", "policy_tied", "reward", "reward_other")
 
@@ -109,6 +111,7 @@ def build_tiny_suite(root: str | Path) -> dict[str, Path]:
         if marker.exists():  # another process built it while this one waited
             return paths
         staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.building-"))
+        log.info("building the tiny model suite for %s in %s", root, staging)
         try:
             _build_into(staging)
             (staging / marker.name).touch()
