@@ -79,6 +79,8 @@ class RayRuntime:
         self.requests_served: dict[str, int] = defaultdict(int)
         self.engine_seconds: dict[str, float] = defaultdict(float)  # rank 0's time inside the engine
         self.restarts = 0
+        self.requeued = 0  # requests retried because their replica died or hung
+        self.timeouts = 0  # replicas that missed a deadline
         self._started_ray = started_ray
         self._flights: dict[ray.ObjectRef, _Flight] = {}
         self._solo: set[tuple[Hashable, int]] = set()  # tickets of a failed batch, served alone
@@ -266,6 +268,7 @@ class RayRuntime:
         for flight in expired.values():
             key = "start_timeout_s" if flight.tickets is None else "reply_timeout_s"
             waited = now - flight.sent
+            self.timeouts += 1
             log.error("%s did not answer %s within runtime.%s=%g s (waited %.1f s); treating it as dead",
                       flight.replica.name, flight.what(), key, getattr(self.options, key), waited)
             self._replica_failed(flight, scheduler, ReplicaTimeout(
@@ -289,6 +292,7 @@ class RayRuntime:
         self._land(flight)
         if flight.tickets is not None:
             scheduler.retry(flight.tickets)
+            self.requeued += len(flight.tickets)
         self._rebuild(flight.replica, error, len(flight.tickets or []))
 
     def _rebuild(self, replica: Replica, error: Exception, requeued: int) -> None:
