@@ -43,6 +43,8 @@ TIMING = ("wall_s", "session", "finished_at")
 def settings(args) -> list[str]:
     return [f"data.name=toy", f"data.size={args.problems}", f"data.limit={args.problems}", "data.split=test",
             "method.name=nabla", f"method.max_new_tokens={args.tokens}", f"method.max_iters={args.iters}",
+            # every position is optimized, so each problem sends many policy and reward requests
+            "method.confidence_threshold=null", "method.grad_norm_threshold=null",
             "wandb.mode=disabled", f"runtime.max_in_flight={args.in_flight}", "runtime.max_batch_size=8"]
 
 
@@ -110,7 +112,7 @@ class Chaos(threading.Thread):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", type=int, default=300)
-    parser.add_argument("--tokens", type=int, default=16, help="method.max_new_tokens")
+    parser.add_argument("--tokens", type=int, default=24, help="method.max_new_tokens")
     parser.add_argument("--iters", type=int, default=2, help="method.max_iters")
     parser.add_argument("--in-flight", type=int, default=8, help="runtime.max_in_flight")
     parser.add_argument("--every", type=float, nargs=2, default=(3.0, 8.0), metavar=("MIN", "MAX"),

@@ -8,7 +8,6 @@ must write every result once, equal to the same problems on the in-process runti
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ from nabla_dist.experiment.config import load_config  # noqa: E402
 from nabla_dist.experiment.run import Experiment  # noqa: E402
 from nabla_dist.runtime import reaper  # noqa: E402
 from nabla_dist.runtime.cluster import start_ray  # noqa: E402
+from tests.runtime.test_ray_runtime import results  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -36,19 +36,7 @@ METHOD = ["data.limit=2", "method.max_new_tokens=8", "method.max_iters=3", "meth
           "wandb.mode=disabled"]
 RAY = ["runtime.kind=ray", "runtime.policy_replicas=1", "runtime.reward_replicas=1", "runtime.cpus_per_actor=0.5",
        "runtime.max_restarts=3"]
-TIMING = ("wall_s", "session", "finished_at")
 POLICY_REQUESTS, REWARD_REQUESTS = ("Rollout", "PolicyGrad"), ("RewardGrad", "Reward")
-
-
-def results(out) -> dict:
-    """results.jsonl without timing fields, keyed by (problem, repeat); a duplicate fails."""
-    records = {}
-    for line in (out / "results.jsonl").read_text().splitlines():
-        record = {k: v for k, v in json.loads(line).items() if k not in TIMING}
-        key = (record["problem_id"], record["repeat"])
-        assert key not in records, f"{key} written twice"
-        records[key] = record
-    return records
 
 
 def worker_pid(replica) -> int:
