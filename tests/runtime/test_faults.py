@@ -135,7 +135,7 @@ def test_a_worker_that_stops_answering_is_caught_by_the_deadline_and_replaced(
         pid = disturbed_run(runtime, tmp_path, replica, POLICY_REQUESTS, lambda pid: os.kill(pid, signal.SIGSTOP),
                             reply_timeout_s=5.0)
     runtime.options = dataclasses.replace(runtime.options, reply_timeout_s=1800.0)
-    assert runtime.restarts == restarts + 1
+    assert runtime.restarts >= restarts + 1  # (on a very busy machine a healthy replica may miss 5 s too)
     assert "policy-0 did not answer its batch of" in caplog.text
     assert re.search(r"policy-0 lost a rank \(ReplicaTimeout\); rebuilding it .* [1-9]\d* requests requeued",
                      caplog.text)
