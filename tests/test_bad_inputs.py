@@ -113,7 +113,8 @@ def cases(t: Path, tiny_paths) -> dict:
                                   "MethodConfig. value: 3 — a section (method, policy, …) takes keys, e.g. "
                                   "method.name=greedy"),
         "unknown method": (["method.name=beam"],
-                           "method.name='beam' is invalid — choose one of nabla, greedy, self_consistency, best_of_n"),
+                           "method.name='beam' is invalid — choose one of nabla, greedy, self_consistency, "
+                           "best_of_n"),
         "max_iters 0": (["method.max_iters=0"], "method.max_iters=0 is invalid — use ≥ 1"),
         "negative lr": (["method.lr=-1"], "method.lr=-1.0 is invalid — use > 0"),
         "infinite lr": (["method.lr=inf"], "method.lr=inf is invalid — use a finite number"),
@@ -202,8 +203,8 @@ def cases(t: Path, tiny_paths) -> dict:
         "no weights": ([f"policy.path={no_weights}"], f"'{no_weights}' has no weights (model.safetensors) — pass a "
                        "directory saved with save_pretrained"),
         "pickle weights": ([f"policy.path={pickled}"], f"'{pickled}' holds its weights only as pickle "
-                           "(pytorch_model.bin), which can run code when loaded — convert them to safetensors, or set "
-                           "policy.allow_pickle=true if you trust the file"),
+                           "(pytorch_model.bin), which can run code when loaded — convert them to safetensors, or "
+                           "set policy.allow_pickle=true if you trust the file"),
         "nabla without reward": (["method.name=nabla", "reward=null"], "method.name=nabla needs a reward model and "
                                  "reward is null — set reward.path (e.g. reward.path=tiny:reward), or pick a method "
                                  "without one (greedy, self_consistency)"),
@@ -217,10 +218,11 @@ def cases(t: Path, tiny_paths) -> dict:
         "output_dir under a file": ([f"output_dir={a_file}/run"], f"output_dir='{a_file}/run': a part of that path "
                                     "is a file — choose another output_dir"),
         "resume with other settings": (["seed=5"], "output_dir {out} holds results of a different configuration "
-                                       "(saved → now: seed: 0 → 5) — use another output_dir, or rerun with the saved "
-                                       "values; only output_dir, runtime.*, wandb.*, data.limit, data.repeats, "
-                                       "policy.prefix_cache, reward.prefix_cache, policy.lazy_probe, policy.norm_chunk, "
-                                       "policy.allow_pickle, reward.allow_pickle may change when resuming"),
+                                       "(saved → now: seed: 0 → 5) — use another output_dir, or rerun with the "
+                                       "saved values; only output_dir, runtime.*, wandb.*, data.limit, data.repeats, "
+                                       "policy.prefix_cache, reward.prefix_cache, policy.lazy_probe, "
+                                       "policy.norm_chunk, policy.allow_pickle, reward.allow_pickle may change when "
+                                       "resuming"),
         # -- other commands -----------------------------------------------------------------------------
         "rescore n out of range": (["rescore", "{out}", "--n", "3"], "--n 3 is out of range — the run drew N=2 "
                                    "candidates per problem: use n from 1 to 2"),

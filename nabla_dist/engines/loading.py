@@ -82,7 +82,8 @@ def resolve_path(path: str) -> str:
     if is_hub_id(path):
         hub_id = path[len(HUB_PREFIX):]
         if not hub_id or hub_id.count("/") > 1 or hub_id.startswith(("/", ".", "~")):
-            raise ModelPathError(f"{path!r} is not a hub id — write hf:<org>/<name>, e.g. hf:Qwen/Qwen2.5-0.5B-Instruct")
+            raise ModelPathError(f"{path!r} is not a hub id — write hf:<org>/<name>, "
+                                 "e.g. hf:Qwen/Qwen2.5-0.5B-Instruct")
         return hub_id
     local = Path(path).expanduser()
     if not local.exists():

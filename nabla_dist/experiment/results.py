@@ -23,10 +23,11 @@ Resume: a new session with the same output directory must compute what the first
 have, so its config may differ from the saved one only in keys that cannot change a
 result (`RESULT_NEUTRAL`): where files go, how the work is served (`runtime.*`: kind,
 device, batch sizes — batching can move floating-point results in the last bits, we
-accept that; likewise `*.prefix_cache`, `policy.lazy_probe` and `policy.norm_chunk`, exact accelerations
-of the gradient pass; `*.allow_pickle` only permits a weight format), how it is logged (`wandb.*`), and how many problems and repeats are asked
-for (`data.limit`, `data.repeats`: each problem × repeat has its own seed, so growing
-either only adds work, and the summary covers what the current config asks for).
+accept that; likewise `*.prefix_cache`, `policy.lazy_probe` and `policy.norm_chunk`, exact
+accelerations of the gradient pass; `*.allow_pickle` only permits a weight format), how it is
+logged (`wandb.*`), and how many problems and repeats are asked for (`data.limit`,
+`data.repeats`: each problem × repeat has its own seed, so growing either only adds work,
+and the summary covers what the current config asks for).
 """
 
 from __future__ import annotations
