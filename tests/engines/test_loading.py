@@ -108,17 +108,14 @@ def test_a_malicious_pickle_is_never_unpickled_by_default(tiny_paths, tmp_path):
     assert not marker.exists()
 
 
-def test_the_hub_is_used_only_for_hf_paths(tmp_path):
+def test_the_hub_is_used_only_for_hf_paths(tmp_path, monkeypatch):
     with pytest.raises(ModelPathError, match="no such model directory: 'someorg/somemodel' — .*"
                                              "or hf:someorg/somemodel to download it"):
         resolve_path("someorg/somemodel")
     assert resolve_path("hf:someorg/somemodel") == "someorg/somemodel"
     (tmp_path / "someorg" / "somemodel").mkdir(parents=True)
-    os.chdir(tmp_path)  # a local directory of that name wins, and no hub is asked
-    try:
-        assert resolve_path("someorg/somemodel") == "someorg/somemodel"
-    finally:
-        os.chdir(Path(__file__).parent)
+    monkeypatch.chdir(tmp_path)  # a local directory of that name wins, and no hub is asked
+    assert resolve_path("someorg/somemodel") == "someorg/somemodel"
 
 
 BUILD = ("import logging, sys\nlogging.basicConfig(level=logging.INFO)\n"

@@ -166,7 +166,8 @@ def test_every_reward_kind_scores_on_ray_as_it_does_locally(ray_session, tmp_pat
     reward = ["reward.kind=verifier", "reward.path=tiny:policy", "reward.verdict=is"] if kind == "verifier" else []
     overrides = ("data.limit=2", "method.name=best_of_n", "method.n=3", *reward)
     Experiment(config(tmp_path / "local", *overrides)).run()
-    cfg = config(tmp_path / "ray", *overrides, kind="ray", reward_replicas=1, cpus_per_actor=0.5)
+    # 0.25: the module's runtime holds 1.5 of the cluster's 2 CPUs while this one runs
+    cfg = config(tmp_path / "ray", *overrides, kind="ray", reward_replicas=1, cpus_per_actor=0.25)
     runtime = build_runtime(cfg)
     try:
         Experiment(cfg, runtime=runtime).run()
@@ -191,10 +192,22 @@ def test_every_reward_kind_scores_on_ray_as_it_does_locally(ray_session, tmp_pat
 def test_bad_layouts_fail_before_any_actor_starts(ray_session, tmp_path, runtime_fields, reward_tokenizer, message):
     tokenizer = [f"reward.tokenizer={unalignable_tokenizer(tmp_path / reward_tokenizer)}"] if reward_tokenizer else []
     cfg = config(tmp_path, *tokenizer, **{**RAY, **runtime_fields})
-    cpus = ray.available_resources().get("CPU", 0)
+    cpus = settled_cpus()  # an earlier test's replicas may still be releasing theirs
     with pytest.raises(ConfigError, match=message):
         build_runtime(cfg)
     assert ray.available_resources().get("CPU", 0) == cpus  # no actor was started
+
+
+def settled_cpus(timeout_s: float = 30) -> float:
+    """Available CPUs once they stop changing (ray.kill and placement group removal are async)."""
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        now = ray.available_resources().get("CPU", 0)
+        if now == last:
+            return now
+        last = now
+        time.sleep(1.0)
+    return last
 
 
 def unalignable_tokenizer(path):
