@@ -76,10 +76,10 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         if experiment is None:
             raise Interrupted("interrupted before any result — rerun the same command to start") from None
-        new = experiment.new_results
+        new, done, wanted = experiment.kept()
         raise Interrupted(
-            f"interrupted after {new} new result{'' if new == 1 else 's'} ({experiment.results_done} of "
-            f"{experiment.results_wanted} done in {cfg.output_dir}) — rerun the same command to resume"
+            f"interrupted after {new} new result{'' if new == 1 else 's'} ({done} of {wanted} done in "
+            f"{cfg.output_dir}) — rerun the same command to resume"
         ) from None
     print(json.dumps(summary, indent=2))
     print(f"results: {cfg.output_dir}/results.jsonl  summary: {cfg.output_dir}/summary.json")

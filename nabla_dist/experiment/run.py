@@ -88,8 +88,8 @@ class Experiment:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.problems = {p.id: p for p in load_problems(cfg.data)}
-        self.new_results = 0  # written by this session
-        self.results_done = 0  # of this config, in output_dir
+        self.wanted = {(pid, r, cfg.method.name) for pid in self.problems for r in range(cfg.data.repeats)}
+        self.done_at_start: int | None = None  # results of this config in output_dir when the session began
         if runtime is None:
             preflight(cfg)
         self.lock = open_output_dir(self.out)
@@ -104,9 +104,11 @@ class Experiment:
             raise
         self.tokenizer = self.runtime.prompts.tokenizer
 
-    @property
-    def results_wanted(self) -> int:
-        return len(self.problems) * self.cfg.data.repeats
+    def kept(self) -> tuple[int, int, int]:
+        """(results this session added, results of this config in output_dir, results wanted),
+        read from results.jsonl: right wherever an interrupt landed."""
+        done = len(self.results.done() & self.wanted)
+        return done - (done if self.done_at_start is None else self.done_at_start), done, len(self.wanted)
 
     def run(self) -> dict:
         try:
@@ -117,10 +119,10 @@ class Experiment:
     def _run(self) -> dict:
         cfg = self.cfg
         problems = self.problems
-        wanted = {(pid, r, cfg.method.name) for pid in problems for r in range(cfg.data.repeats)}
+        wanted = self.wanted
         previous = [r for r in self.results.read() if result_key(r) in wanted]
         done = {result_key(r) for r in previous}
-        self.results_done = len(done)
+        self.done_at_start = len(done)
         todo = [(p, r) for p in problems.values() for r in range(cfg.data.repeats)
                 if (p.id, r, cfg.method.name) not in done]
         head = self.runtime.head_matrix() if cfg.method.parametrization == "latents" else None
@@ -161,8 +163,6 @@ class Experiment:
         problem: Problem = problems[key[0]]
         record = self._record(problem, key[1], output, error, time.monotonic() - start)
         self.results.append(record)
-        self.new_results += 1
-        self.results_done += 1
         tracker.log_result(record)
         progress.update(1)
         if tracker.graded:
