@@ -6,31 +6,81 @@
     nabla-dist report DIR [DIR ...] [--out OUT]     tables and plots over run / sweep directories
     nabla-dist demo [key=value ...]                 the embedded default (the sweep `demo`)
     nabla-dist train-toy [--out DIR]                rebuild the shipped toy policy and reward model
+
+A user error (a bad setting, file, path or output directory; a full disk) ends with one
+line on stderr, `nabla-dist: error: <what> — <fix>`, and exit status 2; `--debug` adds the
+traceback. Ctrl-C stops cleanly with exit status 130: finished results are kept, and the
+same command resumes. A run that fails for another reason (every replica of a model lost)
+exits with 1; an unexpected exception prints its traceback (a bug: please report it).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
+import traceback
 
+from nabla_dist.engines.loading import ModelPathError
 from nabla_dist.experiment.config import ConfigError, load_config
-from nabla_dist.experiment.results import OutputBusy
+from nabla_dist.experiment.data import DataError
 from nabla_dist.experiment.demo import add_demo_command
+from nabla_dist.experiment.results import OutputError
 from nabla_dist.experiment.sweep import add_sweep_commands
 from nabla_dist.experiment.train_toy import add_train_toy_command
+
+USER_ERRORS = (ConfigError, DataError, OutputError, ModelPathError, FileNotFoundError)
+# Errors of the machine that the user fixes: errno -> the fix
+OS_FIXES = {
+    errno.ENOSPC: "free some space, then rerun the same command to resume (finished results are kept)",
+    errno.EDQUOT: "free some space under your quota, then rerun the same command to resume",
+    errno.EACCES: "make it writable, or choose another output_dir",
+    errno.EPERM: "make it writable, or choose another output_dir",
+    errno.EROFS: "the file system is read-only: choose another output_dir",
+    errno.ENOTDIR: "a part of that path is a file: choose another output_dir",
+    errno.EISDIR: "a directory is in the way: choose another output_dir",
+    errno.EEXIST: "a file is in the way: choose another output_dir",
+}
+EXIT_USER_ERROR, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class UsageError(Exception):
+    """A command line argparse refuses."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C, with what was kept."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        raise UsageError(f"{message} — see `{self.prog} --help`")
 
 
 def _run(args) -> int:
     from nabla_dist.experiment.run import Experiment
 
-    cfg = load_config(args.experiment, args.overrides)
-    experiment = Experiment(cfg)
+    experiment, overrides = args.experiment, list(args.overrides)
+    if "=" in experiment:  # `nabla-dist run data.limit=4`: an override, not an experiment
+        experiment, overrides = "default", [experiment, *overrides]
+    cfg = load_config(experiment, overrides)
+    experiment = None
     try:
-        summary = experiment.run()
-    finally:
-        experiment.runtime.shutdown()
+        experiment = Experiment(cfg)
+        try:
+            summary = experiment.run()
+        finally:
+            experiment.runtime.shutdown()
+    except KeyboardInterrupt:
+        if experiment is None:
+            raise Interrupted("interrupted before any result — rerun the same command to start") from None
+        new, done, wanted = experiment.kept()
+        raise Interrupted(
+            f"interrupted after {new} new result{'' if new == 1 else 's'} ({done} of {wanted} done in "
+            f"{cfg.output_dir}) — rerun the same command to resume"
+        ) from None
     print(json.dumps(summary, indent=2))
     print(f"results: {cfg.output_dir}/results.jsonl  summary: {cfg.output_dir}/summary.json")
     return 0
@@ -42,15 +92,29 @@ def _rescore(args) -> int:
     try:
         table = rescore_run(args.output_dir, args.n)
     except ValueError as error:
+        if isinstance(error, USER_ERRORS):
+            raise
         raise ConfigError(str(error)) from error
     print(format_table(table))
     print(f"rescore: {args.output_dir}/rescore.json")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nabla-dist", description=__doc__)
+def user_error_message(error: BaseException) -> str | None:
+    """The one line shown for a user error; None when `error` is not one."""
+    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.errno in OS_FIXES:
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{where} — {OS_FIXES[error.errno]}"
+    if isinstance(error, USER_ERRORS):
+        text = str(error.args[0]) if isinstance(error, OSError) and len(error.args) == 1 else str(error)
+        return " ".join(text.split())  # one line, whatever a library put in it
+    return None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nabla-dist", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one experiment (a packaged one or your YAML file, plus overrides)")
     run.add_argument("experiment", nargs="?", default="default",
@@ -65,20 +129,41 @@ def main(argv: list[str] | None = None) -> int:
     add_sweep_commands(sub)
     add_demo_command(sub)
     add_train_toy_command(sub)
+    return parser
+
+
+def _fail(message: str, code: int, error: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exception(error)
+    print(f"nabla-dist: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # `nabla-dist run data.limit=4`: a first positional with '=' is an override, not an experiment
-    if len(argv) >= 2 and argv[0] == "run" and "=" in argv[1]:
-        argv = [argv[0], "default", *argv[1:]]
-    args = parser.parse_args(argv)
+    debug = "--debug" in argv
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as error:
+        return _fail(f"error: {error}", EXIT_USER_ERROR, error, debug)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, OutputBusy) as error:
-        print(f"nabla-dist: error: {error}", file=sys.stderr)
-        return 2
-    except RuntimeError as error:  # e.g. NoReplicaLeft: results so far are in output_dir
-        print(f"nabla-dist: error: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+    except Interrupted as error:
+        return _fail(str(error), EXIT_INTERRUPTED, error, args.debug)
+    except KeyboardInterrupt as error:
+        return _fail("interrupted — rerun the same command to resume", EXIT_INTERRUPTED, error, args.debug)
+    except Exception as error:
+        message = user_error_message(error)
+        if message is not None:
+            return _fail(f"error: {message}", EXIT_USER_ERROR, error, args.debug)
+        if isinstance(error, RuntimeError):  # e.g. NoReplicaLeft: results so far are in output_dir
+            text = " ".join(str(error).split())
+            return _fail(f"error: {type(error).__name__}: {text}", EXIT_FAILED, error, args.debug)
+        traceback.print_exception(error)
+        print(f"nabla-dist: internal error: {type(error).__name__}: {error} — this is a bug; please report it "
+              "with the traceback above", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

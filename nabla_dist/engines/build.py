@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from nabla_dist.engines.loading import load_causal_lm, load_reward_model, load_tokenizer, model_config
+from nabla_dist.engines.loading import check_weights, load_causal_lm, load_reward_model, load_tokenizer, model_config
 from nabla_dist.engines.policy import PolicyEngine
 from nabla_dist.engines.reward import RewardEngine, alignment_index, check_chat_template
 from nabla_dist.engines.sharding import check_autotp_divides_heads, shard_model
@@ -33,7 +33,7 @@ def build_policy_engine(
     """`world_size` > 1: this process is one rank of a replica whose torch.distributed group
     is joined; `keep_head`: keep W_head whole for `head_matrix` (the `latents` parametrization)."""
     tokenizer = load_tokenizer(spec.tokenizer_path)
-    model = load_causal_lm(spec.path, spec.dtype)
+    model = load_causal_lm(spec.path, spec.dtype, allow_pickle=spec.allow_pickle)
     sharded = sharding != "none" and world_size > 1
     head = model.get_output_embeddings().weight.detach().float().clone() if keep_head and sharded else None
     embeddings = _whole_embeddings(model, sharding, world_size)
@@ -55,9 +55,10 @@ def build_reward_engine(
     `policy_vocab_size`: rows of the policy's embedding matrix (see RewardEngine)."""
     tokenizer = load_tokenizer(spec.tokenizer_path)
     if spec.kind == "verifier":
-        engine_cls, model = GenerativeVerifierEngine, load_causal_lm(spec.path, spec.dtype)
+        engine_cls = GenerativeVerifierEngine
+        model = load_causal_lm(spec.path, spec.dtype, allow_pickle=spec.allow_pickle, role="reward")
     else:
-        engine_cls, model = RewardEngine, load_reward_model(spec.path, spec.dtype)
+        engine_cls, model = RewardEngine, load_reward_model(spec.path, spec.dtype, allow_pickle=spec.allow_pickle)
     embeddings = _whole_embeddings(model, sharding, world_size)
     module = shard_model(model, sharding, world_size)
     return engine_cls(module, tokenizer, policy_tokenizer, spec, device, policy_vocab_size,
@@ -76,6 +77,7 @@ def _whole_embeddings(model, sharding: str, world_size: int) -> torch.Tensor | N
 def check_policy(spec: PolicySpec, *, sharding: str = "none", tp_size: int = 1):
     """Returns the policy tokenizer (the reward check aligns to it)."""
     tokenizer = load_tokenizer(spec.tokenizer_path)
+    check_weights(spec.path, spec.allow_pickle, "policy")
     if sharding == "autotp" and tp_size > 1:
         check_autotp_divides_heads(model_config(spec.path), tp_size, "runtime.tp_size")
     return tokenizer
@@ -84,6 +86,7 @@ def check_policy(spec: PolicySpec, *, sharding: str = "none", tp_size: int = 1):
 def check_reward(spec: RewardSpec, policy_tokenizer, *, sharding: str = "none", tp_size: int = 1) -> None:
     """The reward engine's own template, alignment and verdict checks, on its tokenizer."""
     tokenizer = load_tokenizer(spec.tokenizer_path)
+    check_weights(spec.path, spec.allow_pickle, "reward")
     if sharding == "autotp" and tp_size > 1:
         check_autotp_divides_heads(model_config(spec.path), tp_size, "runtime.reward_tp_size")
     try:

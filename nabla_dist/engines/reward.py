@@ -35,7 +35,8 @@ def classifier_conversation(tokenizer, question: str) -> str:
 def split_template(tokenizer, conversation: str) -> tuple[list[int], list[int]]:
     """Token ids before and after the response in `conversation` (which holds PLACEHOLDER once)."""
     if conversation.count(PLACEHOLDER) != 1:
-        raise ValueError(f"reward chat template does not place the answer exactly once: {conversation!r}")
+        raise ValueError(f"reward chat template does not place the answer exactly once ({conversation!r}) — "
+                         "fix the reward tokenizer's chat_template")
     prefix, postfix = conversation.split(PLACEHOLDER)
     encode = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     return encode(prefix), encode(postfix)
@@ -44,7 +45,7 @@ def split_template(tokenizer, conversation: str) -> tuple[list[int], list[int]]:
 def check_chat_template(tokenizer) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
-            f"reward tokenizer {tokenizer.name_or_path!r} has no chat template; set "
+            f"reward tokenizer {tokenizer.name_or_path!r} has no chat template — set "
             "tokenizer.chat_template so the response can be placed in its conversation format"
         )
 
@@ -64,7 +65,7 @@ def alignment_index(reward_tokenizer, policy_tokenizer, size: int | None = None,
     if pad is None:
         raise ValueError(
             f"reward tokenizer {reward_tokenizer.name_or_path!r} has no pad token to map tokens it "
-            "lacks to; set its pad_token"
+            "lacks to — set its pad_token"
         )
     index = torch.full((size,), pad, dtype=torch.long)
     if policy_vocab == reward_vocab:
@@ -81,7 +82,7 @@ def alignment_index(reward_tokenizer, policy_tokenizer, size: int | None = None,
     if share < MIN_ALIGNED_SHARE:
         raise ValueError(
             f"reward tokenizer {reward_tokenizer.name_or_path!r} shares only {share:.0%} of the policy's "
-            f"token strings (need ≥ {MIN_ALIGNED_SHARE:.0%}); use a reward model from the policy's "
+            f"token strings (need ≥ {MIN_ALIGNED_SHARE:.0%}) — use a reward model from the policy's "
             "tokenizer family"
         )
     log.warning(

@@ -115,14 +115,14 @@ def check_autotp_divides_heads(config, world_size: int, key: str = "world_size")
     if heads is None:
         raise ValueError(
             f"autotp needs the model config's num_attention_heads to check {key}={world_size}, and "
-            f"{type(config).__name__} has none; use sharding='zero3'."
+            f"{type(config).__name__} has none — use sharding='zero3'"
         )
     for name, count in (("num_attention_heads", heads), ("num_key_value_heads", kv_heads)):
         if count % world_size:
             divisors = [d for d in range(1, count + 1) if heads % d == 0 and kv_heads % d == 0]
             raise ValueError(
-                f"autotp {key} {world_size} does not divide the model's {name} ({count}); "
-                f"use a tensor-parallel size in {divisors}, or sharding='zero3'."
+                f"autotp {key} {world_size} does not divide the model's {name} ({count}) — "
+                f"use a tensor-parallel size in {divisors}, or sharding='zero3'"
             )
 
 

@@ -31,9 +31,13 @@ class ModelSpec:
     # rows, the reward) is kept for this many sequences and serves later probes and inner
     # gradients on the same sequence without a pass (grad_memory.py). 0 recomputes every pass.
     grad_memory: int = 64
+    # Weights from pickle files (pytorch_model.bin) when the model has no safetensors:
+    # unpickling can run code, so only for files you trust (engines/loading.py).
+    allow_pickle: bool = False
 
     def __post_init__(self):
-        check(bool(self.path), "path", self.path, "name a model directory, a hub id, or toy:/tiny:/smollm2: model")
+        check(bool(self.path), "path", self.path,
+              "name a model directory, a tiny:/toy:/smollm2: model, or hf:<org>/<name> for the hub")
         check(self.dtype in DTYPES, "dtype", self.dtype, f"choose one of {', '.join(DTYPES)}")
         check(self.prefix_cache >= 0, "prefix_cache", self.prefix_cache, "use ≥ 0 (0 turns the prefix KV off)")
         check(self.grad_memory >= 0, "grad_memory", self.grad_memory, "use ≥ 0 (0 turns the gradient memory off)")

@@ -11,7 +11,12 @@ Everything is seeded, so two builds are identical.
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -29,7 +34,9 @@ CHATML = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+log = logging.getLogger(__name__)
 SUITE_VERSION = "1"
+SUITE = ("tokenizer", "policy", "policy_tied", "reward", "reward_other")
 
 
 def _corpus(seed: int, n: int = 3000) -> list[str]:
@@ -86,13 +93,41 @@ def _llama_config(tokenizer, tied: bool = False, **extra) -> LlamaConfig:
 
 
 def build_tiny_suite(root: str | Path) -> dict[str, Path]:
-    """Build (or reuse, if already complete) the tiny models under `root`."""
+    """Build (or reuse, if already complete) the tiny models under `root`.
+
+    Safe when several processes start on a fresh cache at once (a parallel sweep, two test
+    runs): one builds, holding a file lock next to `root`, in a private directory that is
+    renamed into place complete (marker included); the others wait for the lock and find it
+    built. A reader that sees the marker sees the whole suite.
+    """
     root = Path(root)
-    paths = {name: root / name for name in ("tokenizer", "policy", "policy_tied", "reward", "reward_other")}
+    paths = {name: root / name for name in SUITE}
     marker = root / f".complete-v{SUITE_VERSION}"
     if marker.exists():
         return paths
-    root.mkdir(parents=True, exist_ok=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if marker.exists():  # another process built it while this one waited
+            return paths
+        staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.building-"))
+        log.info("building the tiny model suite for %s in %s", root, staging)
+        try:
+            _build_into(staging)
+            (staging / marker.name).touch()
+            if root.exists():  # an older version, or a build of a version that did not rename
+                stale = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.stale-"))
+                os.rename(root, stale / root.name)
+                shutil.rmtree(stale, ignore_errors=True)
+            os.rename(staging, root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return paths
+
+
+def _build_into(root: Path) -> None:
+    paths = {name: root / name for name in SUITE}
     tokenizer = build_tokenizer(vocab_size=400, seed=0)
     other = build_tokenizer(vocab_size=330, seed=1)
     tokenizer.save_pretrained(paths["tokenizer"])
@@ -112,8 +147,6 @@ def build_tiny_suite(root: str | Path) -> dict[str, Path]:
     torch.manual_seed(3)
     reward_other = AutoModelForSequenceClassification.from_config(_llama_config(other, num_labels=1))
     save(reward_other, other, "reward_other")
-    marker.touch()
-    return paths
 
 
 # Shapes of real models, for benchmarks with random weights (no download needed).

@@ -23,7 +23,7 @@ def verdict_token_id(tokenizer, verdict: str) -> int:
     ids = tokenizer(verdict, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         raise ValueError(
-            f"reward.verdict={verdict!r} is {len(ids)} tokens for {tokenizer.name_or_path!r}; "
+            f"reward.verdict={verdict!r} is {len(ids)} tokens for {tokenizer.name_or_path!r} — "
             "choose a verdict word that is a single token (e.g. 'yes' or 'Yes')"
         )
     return ids[0]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import torch
+
 from nabla_dist.algorithm.baselines import best_of_n, greedy, self_consistency
 from nabla_dist.algorithm.nabla import NablaReasoner
 from nabla_dist.algorithm.program import Program, Prompt
@@ -31,9 +33,16 @@ def preflight(cfg: ExperimentConfig) -> None:
     """The engines' own checks on tokenizers and config files (chat templates, vocabulary
     alignment, the verifier's verdict token, tensor-parallel head counts)."""
     if needs_reward(cfg) and cfg.reward is None:
-        raise ConfigError(f"method.name={cfg.method.name} needs a reward model: set reward.path")
+        raise ConfigError(f"method.name={cfg.method.name} needs a reward model and reward is null — set reward.path "
+                          "(e.g. reward.path=tiny:reward), or pick a method without one (greedy, self_consistency)")
     if needs_reward(cfg) and cfg.runtime.kind == "ray" and cfg.runtime.reward_replicas == 0:
-        raise ConfigError(f"method.name={cfg.method.name} needs a reward model: set runtime.reward_replicas ≥ 1")
+        raise ConfigError(f"method.name={cfg.method.name} needs a reward model but runtime.reward_replicas=0 — "
+                          "set runtime.reward_replicas ≥ 1")
+    device = cfg.runtime.device
+    on_this_machine = cfg.runtime.kind == "local" or cfg.runtime.address is None
+    if device.startswith("cuda") and on_this_machine and not torch.cuda.is_available():
+        raise ConfigError(f"runtime.device={device!r} but torch sees no CUDA GPU here (torch {torch.__version__}) — "
+                          "use runtime.device=cpu, or run on a machine with a GPU and a CUDA build of torch")
     for key in cfg.runtime.ignored_by_local():
         log.warning("runtime.%s=%r has no effect with runtime.kind=local", key, getattr(cfg.runtime, key))
     ray = cfg.runtime.kind == "ray"
@@ -46,9 +55,11 @@ def preflight(cfg: ExperimentConfig) -> None:
         raise ConfigError(str(error)) from error
 
 
-def build_runtime(cfg: ExperimentConfig) -> Runtime:
-    """`runtime.kind`: local engines in this process, or Ray replicas (same interface)."""
-    preflight(cfg)
+def build_runtime(cfg: ExperimentConfig, checked: bool = False) -> Runtime:
+    """`runtime.kind`: local engines in this process, or Ray replicas (same interface).
+    `checked`: the caller ran `preflight(cfg)` already."""
+    if not checked:
+        preflight(cfg)
     reward = cfg.reward if needs_reward(cfg) else None
     if cfg.runtime.kind == "ray":
         from nabla_dist.runtime.ray_runtime import RayRuntime

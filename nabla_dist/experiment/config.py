@@ -18,9 +18,11 @@ layer reads lives here: the method's name, stop strings, data, W&B and where res
 
 from __future__ import annotations
 
+import difflib
 import importlib.resources
 import logging
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 try:
     from importlib.resources.abc import Traversable  # Python ≥ 3.11
 except ImportError:  # Python 3.10
@@ -28,8 +30,9 @@ except ImportError:  # Python 3.10
 from pathlib import Path, PurePosixPath
 from typing import List, Optional, Union
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from nabla_dist.algorithm.baselines import SampleConfig
 from nabla_dist.algorithm.checks import InvalidSetting, check
@@ -105,11 +108,11 @@ def yaml_file(name: str, folder: Traversable, what: str) -> YamlFile:
         packaged = CONFIGS.joinpath(*PurePosixPath(name[len(OLD_ROOT):]).parts) if name.startswith(OLD_ROOT) else None
         if packaged is not None and packaged.is_file():
             return packaged
-        raise ConfigError(f"{what} file {name!r} does not exist")
+        raise ConfigError(f"{what} file {name!r} does not exist — check the path")
     packaged = folder.joinpath(*PurePosixPath(f"{name}.yaml").parts)
     if not packaged.is_file():
-        raise ConfigError(f"unknown {what} {name!r}: the package has no {name}.yaml; known: {known_names(folder)} "
-                          "(or pass a path to your own YAML file)")
+        raise ConfigError(f"unknown {what} {name!r} (the package has no {name}.yaml) — use one of "
+                          f"{', '.join(known_names(folder))}, or a path to your own YAML file")
     return packaged
 
 
@@ -125,13 +128,18 @@ def known_names(folder: Traversable, skip: tuple[str, ...] = ("sweep",)) -> list
 
 
 def read_yaml(path: YamlFile) -> DictConfig:
-    """The file's mapping; a file that is not YAML is refused naming it and the parser's complaint."""
-    import yaml
-
+    """A YAML file of settings as a mapping; ConfigError for bad YAML or another shape."""
     try:
-        return OmegaConf.create(path.read_text(encoding="utf-8"))  # OmegaConf's YAML loader: 1e-3 is a float
+        node = OmegaConf.create(path.read_text(encoding="utf-8"))  # OmegaConf's YAML loader: 1e-3 is a float
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from error
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML ({problem}{where}) — fix the file") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path} holds a {type(node).__name__.removesuffix('Config').lower()}, not a mapping of "
+                          "settings — write it as `section: {key: value}` lines, e.g. `method: {name: greedy}`")
+    return node
 
 
 def experiment_file(experiment: str) -> YamlFile:
@@ -144,8 +152,6 @@ def experiment_layers(experiment: str, seen: tuple[str, ...] = ()) -> list[DictC
     if str(path) in seen:
         raise ConfigError(f"{path}: `base:` loops back to itself through {list(seen)}")
     layer = read_yaml(path)
-    if not isinstance(layer, DictConfig):
-        raise ConfigError(f"{path}: an experiment file is a mapping of keys, not a {type(layer).__name__}")
     base = layer.pop("base", None)
     if base and isinstance(path, Path) and PurePosixPath(str(base)).suffix in (".yaml", ".yml") \
             and not Path(str(base)).exists():
@@ -167,7 +173,7 @@ def upgrade_keys(node: DictConfig, where: str, strict: bool = True) -> DictConfi
             OmegaConf.update(node, new, value, force_add=True)
             log.warning("%s: %s is now %s", where, old, new)
         elif strict:
-            raise ConfigError(f"{where}: {old} no longer exists ({why}); delete it")
+            raise ConfigError(f"{where}: {old} no longer exists ({why}) — delete it")
         else:
             parent.pop(key)
     return node
@@ -175,29 +181,58 @@ def upgrade_keys(node: DictConfig, where: str, strict: bool = True) -> DictConfi
 
 
 def load_config(experiment: str | None = "default", overrides: list[str] = ()) -> ExperimentConfig:
-    """Defaults ← experiment YAML (over its `base:`) ← `key=value` overrides, validated."""
+    """Defaults ← experiment YAML (over its `base:`) ← `key=value` overrides, validated. Every
+    error is a ConfigError of one line that names the key (or file) and the fix."""
+    schema = OmegaConf.structured(ExperimentConfig)
+    cfg = schema
     try:
-        cfg = OmegaConf.structured(ExperimentConfig)
         if experiment:
             cfg = OmegaConf.merge(cfg, *experiment_layers(experiment))
+        for item in overrides:
+            if "=" not in item or not item.partition("=")[0].strip():
+                raise ConfigError(f"override {item!r} is not key=value — write it as key=value, e.g. data.limit=4")
         cfg = OmegaConf.merge(cfg, upgrade_keys(OmegaConf.from_dotlist(list(overrides)), "override"))
         return build(cfg)
     except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None) or "?"
-        message = (getattr(error, "msg", None) or str(error)).split("\n")[0]
-        raise ConfigError(f"bad configuration key {key!r}: {message}") from error
+        raise ConfigError(_omegaconf_message(error, schema)) from error
     except InvalidSetting as error:
-        raise ConfigError(str(error)) from error
-    except ValueError as error:  # DataConfig's own checks
-        raise ConfigError(str(error)) from error
+        raise ConfigError(f"{error.key}={error.value!r} is invalid — {error.fix}") from error
+
+
+def _omegaconf_message(error: OmegaConfBaseException, schema: DictConfig) -> str:
+    key = getattr(error, "full_key", None) or ""
+    message = " ".join((getattr(error, "msg", None) or str(error)).split("\n")[0].split())
+    if isinstance(error, ConfigKeyError) and key:
+        parent, _, leaf = key.rpartition(".")
+        section = OmegaConf.select(schema, parent) if parent else schema
+        known = list(section.keys()) if isinstance(section, DictConfig) else []
+        close = difflib.get_close_matches(leaf, known, n=1)
+        hint = f"did you mean {parent + '.' if parent else ''}{close[0]}?" if close else \
+            f"the keys of {parent or 'the top level'} are {', '.join(known)}"
+        return f"unknown configuration key {key!r} — {hint}"
+    if key:
+        return f"bad value for {key}: {message} — give {key} a value of its type"
+    return f"bad configuration: {message} — a section (method, policy, …) takes keys, e.g. method.name=greedy"
 
 
 def build(cfg: DictConfig) -> ExperimentConfig:
     """The typed config from a merged tree; a section's range error names its full key."""
     try:
-        return OmegaConf.to_object(cfg)
+        typed = OmegaConf.to_object(cfg)
     except InvalidSetting as error:
         raise error.under(_failing_section(cfg) or "") from error
+    _check_finite(typed)
+    return typed
+
+
+def _check_finite(node, path: str = "") -> None:
+    """No setting takes an infinite or NaN value (null turns optional ones off)."""
+    for item in fields(node):
+        value, key = getattr(node, item.name), f"{path}{item.name}"
+        if is_dataclass(value):
+            _check_finite(value, key + ".")
+        elif isinstance(value, float):
+            check(math.isfinite(value), key, value, "use a finite number")
 
 
 def _failing_section(node: DictConfig, path: str = "") -> str | None:

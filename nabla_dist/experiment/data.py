@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
+from nabla_dist.algorithm.checks import check, check_optional
 from nabla_dist.experiment import toy_task
 from nabla_dist.experiment.grading import GRADE_KINDS
 
@@ -135,37 +136,25 @@ class DataConfig:
     grade: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.name not in SOURCES and not (
-            self.name.startswith(REASONING_GYM_PREFIX) and self.name[len(REASONING_GYM_PREFIX):]
-        ):
-            raise ValueError(f"data.name={self.name!r} is not a source; use one of {SOURCES}")
-        if self.name in FILE_FORMATS and not self.path:
-            raise ValueError(f"data.name={self.name!r} reads a local file: set data.path")
-        if self.format is not None and self.format not in FILE_FORMATS:
-            raise ValueError(
-                f"data.format={self.format!r} is unknown; use one of {FILE_FORMATS} or leave it "
-                "unset to infer it from the file extension"
-            )
+        generated = self.name == "toy" or self.name.startswith(REASONING_GYM_PREFIX)
+        check(self.name in SOURCES or (self.name.startswith(REASONING_GYM_PREFIX)
+                                       and bool(self.name[len(REASONING_GYM_PREFIX):])),
+              "name", self.name, f"use one of {', '.join(SOURCES)}")
+        check(self.name not in FILE_FORMATS or bool(self.path), "path", self.path,
+              f"data.name={self.name} reads a local file: set data.path")
+        check_optional(self.format, "format", lambda v: v in FILE_FORMATS, f"use one of {', '.join(FILE_FORMATS)}")
         bad_keys = sorted(set(self.fields) - set(FIELD_KEYS))
-        if bad_keys:
-            raise ValueError(
-                f"data.fields has keys {bad_keys}; only {FIELD_KEYS} can be mapped to columns"
-            )
-        if self.fields and (self.name == "toy" or self.name.startswith(REASONING_GYM_PREFIX)):
-            raise ValueError(
-                f"data.fields={dict(self.fields)!r} has no effect on generated problems "
-                f"({self.name!r}); remove it"
-            )
-        for key, value in (("limit", self.limit), ("repeats", self.repeats), ("size", self.size)):
-            if value is not None and value < 1:
-                raise ValueError(f"data.{key}={value} must be >= 1")
-        if self.grade is not None and self.grade not in GRADE_KINDS:
-            raise ValueError(f"data.grade={self.grade!r} is unknown; use one of {GRADE_KINDS} or null for the "
-                             "source's own")
-        if self.name == "toy" and self.split not in toy_task.SPLITS:
-            raise ValueError(
-                f"data.split={self.split!r} is not a toy split; use one of {toy_task.SPLITS}"
-            )
+        check(not bad_keys, "fields", dict(self.fields), f"only {', '.join(FIELD_KEYS)} can be mapped to columns "
+              f"(not {', '.join(bad_keys)})")
+        check(not (self.fields and generated), "fields", dict(self.fields),
+              f"generated problems ({self.name}) have no columns to map: remove it")
+        check_optional(self.limit, "limit", lambda v: v >= 1, "use ≥ 1")
+        check(self.repeats >= 1, "repeats", self.repeats, "use ≥ 1")
+        check(self.size >= 1, "size", self.size, "use ≥ 1")
+        check_optional(self.grade, "grade", lambda v: v in GRADE_KINDS,
+                       f"use one of {', '.join(GRADE_KINDS)} (null: the source's own)")
+        check(self.name != "toy" or self.split in toy_task.SPLITS, "split", self.split,
+              f"the toy splits are {', '.join(toy_task.SPLITS)}")
 
 
 def grade_kind(cfg: DataConfig) -> str:
@@ -214,7 +203,7 @@ def _to_problems(
 ) -> List[Problem]:
     rows = list(rows)
     if not rows:
-        raise DataError(f"{source}: no rows in it; check data.path and data.split")
+        raise DataError(f"{source}: no rows in it — check data.path and data.split")
     id_col, question_col, answer_col = (fields[k] for k in FIELD_KEYS)
     ids_from_index = not any(id_col in row for _, row in rows)
     if ids_from_index:
@@ -230,13 +219,13 @@ def _to_problems(
             problem_id = _text(row.get(id_col))
             if problem_id is None:
                 raise DataError(
-                    f"{where}, field {id_col!r}: missing or empty id; give every row an id, or "
+                    f"{where}, field {id_col!r}: missing or empty id — give every row an id, or "
                     f"drop the {id_col!r} column everywhere to use row indices"
                 )
         question = _text(row.get(question_col))
         if question is None:
             raise DataError(
-                f"{where}, field {question_col!r}: missing or empty question; fill it in, drop "
+                f"{where}, field {question_col!r}: missing or empty question — fill it in, drop "
                 "the row, or map data.fields.question to the column that holds it"
             )
         answer, extra = None, {}
@@ -244,7 +233,7 @@ def _to_problems(
             answer = _text(row.get(answer_col))
             if answer is None:
                 raise DataError(
-                    f"{where}, field {answer_col!r}: missing or empty answer; fill it in, drop "
+                    f"{where}, field {answer_col!r}: missing or empty answer — fill it in, drop "
                     'the row, or set data.fields.answer="" for a set without gold answers'
                 )
             if final_answer is not None:
@@ -252,14 +241,14 @@ def _to_problems(
                     answer = final_answer(answer)
                 except ValueError as e:
                     raise DataError(
-                        f"{where}, field {answer_col!r}: {e}; fix the answer, or pick the "
+                        f"{where}, field {answer_col!r}: {e} — fix the answer, or pick the "
                         "preset that matches the file"
                     ) from None
                 extra["reference_solution"] = row[answer_col]
         if problem_id in first_row_of:
             raise DataError(
                 f"{where}, field {id_col!r}: duplicate id {problem_id!r} (first at row "
-                f"{first_row_of[problem_id]}); make the ids unique"
+                f"{first_row_of[problem_id]}) — make the ids unique"
             )
         first_row_of[problem_id] = row_number
         meta = {k: v for k, v in row.items() if k not in (id_col, question_col, answer_col)}
@@ -283,22 +272,24 @@ def _infer_format(path: str, name: str) -> str:
         fmt = name
     if fmt is None:
         raise DataError(
-            f"{path}: cannot tell the format from the extension; set data.format to one of "
-            f"{FILE_FORMATS}"
+            f"{path}: cannot tell the format from the extension — set data.format to one of "
+            f"{', '.join(FILE_FORMATS)}"
         )
     return fmt
 
 
 def _read_file(path: Path, fmt: str) -> List[Tuple[int, Mapping[str, Any]]]:
     """(1-based row number, row) pairs of a local file."""
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not a problem file — set data.path to a file in it")
     if not path.is_file():
-        raise DataError(f"{path}: no such file; check data.path")
+        raise DataError(f"{path}: no such file — check data.path")
     if fmt == "parquet":
         return _parquet_rows(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read it ({e}); check data.path and the file") from None
+        raise DataError(f"{path}: cannot read it ({e}) — check data.path and the file") from None
     return _jsonl_rows(text, path) if fmt == "jsonl" else _json_rows(text, path)
 
 
@@ -311,7 +302,7 @@ def _jsonl_rows(text: str, path: Any) -> List[Tuple[int, Mapping[str, Any]]]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(
-                f"{path}, row {line_number}: not valid JSON ({e.msg} at column {e.colno}); "
+                f"{path}, row {line_number}: not valid JSON ({e.msg} at column {e.colno}) — "
                 "each line must be one JSON object"
             ) from None
         rows.append((line_number, _object_row(row, path, line_number)))
@@ -323,14 +314,14 @@ def _json_rows(text: str, path: Path) -> List[Tuple[int, Mapping[str, Any]]]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(
-            f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); a .json "
+            f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}) — a .json "
             "file must hold a list of objects (use .jsonl for one object per line)"
         ) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
         raise DataError(
-            f"{path}: top-level {type(data).__name__}; a .json file must hold a list of objects "
+            f"{path}: top-level {type(data).__name__} — a .json file must hold a list of objects "
             '(or {"data": [...]})'
         )
     return [(i, _object_row(row, path, i)) for i, row in enumerate(data, start=1)]
@@ -339,7 +330,7 @@ def _json_rows(text: str, path: Path) -> List[Tuple[int, Mapping[str, Any]]]:
 def _object_row(row: Any, path: Any, row_number: int) -> Mapping[str, Any]:
     if not isinstance(row, dict):
         raise DataError(
-            f"{path}, row {row_number}: a {type(row).__name__}, not an object; every row "
+            f"{path}, row {row_number}: a {type(row).__name__}, not an object — every row "
             "must be a JSON object with the question and answer fields"
         )
     return row
@@ -349,25 +340,25 @@ def _parquet_rows(path: Path) -> List[Tuple[int, Mapping[str, Any]]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise ImportError(
-            f"{path}: reading parquet needs pyarrow; `pip install pyarrow` or convert the file "
+        raise DataError(
+            f"{path}: reading parquet needs pyarrow — `pip install pyarrow`, or convert the file "
             "to JSONL"
         ) from None
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises several unrelated types for a bad file
-        raise DataError(f"{path}: not a readable parquet file ({e}); check data.path") from None
+        raise DataError(f"{path}: not a readable parquet file ({e}) — check data.path") from None
     return list(enumerate(rows, start=1))
 
 
 def _hub_rows(name: str, preset: Preset, split: str) -> Tuple[str, List[Tuple[int, Mapping]]]:
     if preset.hub_id is None:
-        raise DataError(f"data.name={name!r} has no hub copy; set data.path to a local file")
+        raise DataError(f"data.name={name!r} has no hub copy — set data.path to a local file")
     if importlib.util.find_spec("datasets") is None:
         raise DataError(
             f"data.name={name!r} without data.path loads {preset.hub_id} from the Hugging Face "
-            "hub, which needs the `datasets` package (pip install \"nabla-dist[hub]\") and network; "
-            "or set data.path to a local jsonl/json/parquet copy"
+            "hub, which needs the `datasets` package (pip install \"nabla-dist[hub]\") and network — set "
+            "data.path to a local jsonl/json/parquet copy instead"
         )
     import datasets
 
@@ -381,7 +372,7 @@ def _champ_file() -> Path:
     spec = importlib.util.find_spec("champ_dataset")
     if spec is None or not spec.submodule_search_locations:
         raise DataError(
-            "data.name='champ' needs the champ-dataset package: `pip install champ-dataset`, "
+            "data.name='champ' needs the champ-dataset package — `pip install champ-dataset`, "
             "or set data.path to a copy of its v0.json"
         )
     return Path(list(spec.submodule_search_locations)[0]) / "dataset_files" / "v0.json"
@@ -393,7 +384,7 @@ def _champ_rows(path: Path) -> List[Tuple[int, Mapping[str, Any]]]:
         problems = json.loads(path.read_text(encoding="utf-8"))["problems"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(
-            f"{path}: not a CHAMP v0.json ({type(e).__name__}: {e}); point data.path at the "
+            f"{path}: not a CHAMP v0.json ({type(e).__name__}: {e}) — point data.path at the "
             "champ-dataset package's dataset_files/v0.json, or unset it"
         ) from None
     keep = ("identifier", "_text", "_answer", "category")
@@ -404,14 +395,14 @@ def _reasoning_gym(task: str, size: int, seed: int) -> List[Problem]:
     try:
         import reasoning_gym
     except ImportError:
-        raise ImportError(
-            f"data.name='reasoning_gym:{task}' needs reasoning-gym: `pip install reasoning-gym`"
+        raise DataError(
+            f"data.name='reasoning_gym:{task}' needs reasoning-gym — `pip install reasoning-gym`"
         ) from None
     try:
         dataset = reasoning_gym.create_dataset(task, size=size, seed=seed)
     except ValueError as e:
-        raise ValueError(
-            f"data.name='reasoning_gym:{task}': {e}; pick a task reasoning-gym registers, "
+        raise DataError(
+            f"data.name='reasoning_gym:{task}': {e} — pick a task reasoning-gym registers, "
             "e.g. gsm_symbolic or basic_arithmetic"
         ) from None
     problems = []

@@ -100,18 +100,21 @@ def rescore_run(output_dir: str | Path, ns: list[int] | None = None) -> dict:
     """Summaries of an SC / BoN run at every n in `ns` (default: `default_ns(N)`), written to rescore.json."""
     out = Path(output_dir)
     if not (out / "config.yaml").exists():
-        raise FileNotFoundError(f"{out} holds no config.yaml: is it the output_dir of a run?")
+        raise FileNotFoundError(f"{out} holds no config.yaml — pass the output_dir of a self_consistency or "
+                                "best_of_n run")
     cfg = OmegaConf.load(out / "config.yaml")
     method, big_n = cfg.method.name, int(cfg.method.n)
     if method not in RESCORABLE:
-        raise ValueError(f"{out} is a {method!r} run; only {RESCORABLE} runs can be re-scored at smaller N")
+        raise ValueError(f"{out} is a {method} run — only {' and '.join(RESCORABLE)} runs can be re-scored at "
+                         "smaller N")
     ns = default_ns(big_n) if not ns else sorted(set(ns))
     bad = [n for n in ns if not 1 <= n <= big_n]
     if bad:
-        raise ValueError(f"n={bad} out of range: the run drew N={big_n} candidates per problem")
+        raise ValueError(f"--n {' '.join(map(str, bad))} is out of range — the run drew N={big_n} candidates per "
+                         f"problem: use n from 1 to {big_n}")
     records = [r for r in ResultsFile(out / "results.jsonl").read() if r["method"] == method]
     if not records:
-        raise ValueError(f"{out}/results.jsonl holds no {method} results yet")
+        raise ValueError(f"{out}/results.jsonl holds no {method} results yet — rescore it once its run has results")
     table = {}
     for n in ns:
         table[f"{method}@{n}"] = summarize_results(rescore_records(records, n), int(cfg.data.repeats))[method]

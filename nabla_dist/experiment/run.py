@@ -14,10 +14,11 @@ import time
 import zlib
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 from nabla_dist.algorithm.program import Candidate, ProgramOutput
-from nabla_dist.experiment.build import build_runtime, make_program, with_model_defaults
+from nabla_dist.experiment.build import build_runtime, make_program, preflight, with_model_defaults
 from nabla_dist.experiment.config import ConfigError, ExperimentConfig, to_yaml, upgrade_keys
 from nabla_dist.experiment.data import Problem, grade_kind, load_problems
 from nabla_dist.experiment.grading import check_gold, extract_answer, is_correct
@@ -25,8 +26,8 @@ from nabla_dist.experiment.progress import RunProgress
 from nabla_dist.experiment.rescore import RESCORABLE, decide
 from nabla_dist.experiment.results import (
     RESULT_NEUTRAL,
-    OutputLock,
     ResultsFile,
+    open_output_dir,
     result_key,
     resume_conflicts,
     write_json_atomic,
@@ -48,22 +49,29 @@ def check_resume(out: Path, cfg: ExperimentConfig) -> None:
     """Refuse to continue `out` with a config that changes results, naming the keys.
 
     A directory without results (say, a first session that failed to load a model) may be
-    reused with any config.
+    reused with any config; one with results but no config.yaml is refused: nothing says
+    how those results were made.
     """
     saved, results = out / "config.yaml", out / "results.jsonl"
-    if not saved.exists() or not results.exists() or results.stat().st_size == 0:
+    if not results.exists() or results.stat().st_size == 0:
         return
+    if not saved.exists():
+        raise ConfigError(
+            f"output_dir {out} holds results but no config.yaml, so nothing says which settings made them — "
+            f"restore its config.yaml (a copy of the first run's settings), or use another output_dir"
+        )
     try:
         saved_yaml = OmegaConf.to_yaml(upgrade_keys(OmegaConf.create(saved.read_text()), str(saved), strict=False))
         conflicts = resume_conflicts(saved_yaml, to_yaml(cfg), ExperimentConfig)
-    except ValueError as error:
-        raise ConfigError(f"cannot resume {out}: {error}") from error
+    except (ValueError, yaml.YAMLError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise ConfigError(f"cannot resume {out}: {first_line} — restore its config.yaml, or use another output_dir") \
+            from error
     if conflicts:
         raise ConfigError(
-            f"output_dir {out} holds results of a different configuration (saved → now):\n  "
-            + "\n  ".join(conflicts)
-            + f"\nUse another output_dir, or rerun with the saved values; only {', '.join(RESULT_NEUTRAL)} "
-            "may change when resuming."
+            f"output_dir {out} holds results of a different configuration (saved → now: {'; '.join(conflicts)}) — "
+            f"use another output_dir, or rerun with the saved values; only {', '.join(RESULT_NEUTRAL)} may change "
+            "when resuming"
         )
 
 
@@ -78,22 +86,40 @@ def _check_golds(problems, kind: str) -> None:
 
 
 class Experiment:
-    """Runs `cfg` against a runtime (local engines or Ray replicas: same programs)."""
+    """Runs `cfg` against a runtime (local engines or Ray replicas: same programs).
+
+    What can be checked without models is checked before output_dir is touched: the config
+    (load_config), the problems, then tokenizers and config files (build.preflight). Then
+    the directory is locked, the resume rule checked, config.yaml written, and only then
+    models load.
+    """
 
     def __init__(self, cfg: ExperimentConfig, runtime: Runtime | None = None):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.lock = OutputLock(self.out)
+        self.problems = {p.id: p for p in load_problems(cfg.data)}
+        _check_golds(self.problems.values(), grade_kind(cfg.data))
+        self.wanted = {(pid, r, cfg.method.name) for pid in self.problems for r in range(cfg.data.repeats)}
+        self.done_at_start: int | None = None  # results of this config in output_dir when the session began
+        if runtime is None:
+            preflight(cfg)
+        self.lock = open_output_dir(self.out)
         try:
             check_resume(self.out, cfg)
-            write_text_atomic(self.out / "config.yaml", to_yaml(cfg))
             self.results = ResultsFile(self.out / "results.jsonl")
-            self.runtime = runtime or build_runtime(cfg)
+            self.results.repair()
+            write_text_atomic(self.out / "config.yaml", to_yaml(cfg))
+            self.runtime = runtime or build_runtime(cfg, checked=True)
         except BaseException:
             self.lock.release()
             raise
         self.tokenizer = self.runtime.prompts.tokenizer
+
+    def kept(self) -> tuple[int, int, int]:
+        """(results this session added, results of this config in output_dir, results wanted),
+        read from results.jsonl: right wherever an interrupt landed."""
+        done = len(self.results.done() & self.wanted)
+        return done - (done if self.done_at_start is None else self.done_at_start), done, len(self.wanted)
 
     def run(self) -> dict:
         try:
@@ -103,11 +129,11 @@ class Experiment:
 
     def _run(self) -> dict:
         cfg = self.cfg
-        problems = {p.id: p for p in load_problems(cfg.data)}
-        _check_golds(problems.values(), grade_kind(cfg.data))
-        wanted = {(pid, r, cfg.method.name) for pid in problems for r in range(cfg.data.repeats)}
+        problems = self.problems
+        wanted = self.wanted
         previous = [r for r in self.results.read() if result_key(r) in wanted]
         done = {result_key(r) for r in previous}
+        self.done_at_start = len(done)
         todo = [(p, r) for p in problems.values() for r in range(cfg.data.repeats)
                 if (p.id, r, cfg.method.name) not in done]
         head = self.runtime.head_matrix() if cfg.method.parametrization == "latents" else None

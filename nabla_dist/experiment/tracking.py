@@ -19,6 +19,8 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+from nabla_dist.experiment.results import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "wandb_run_id"
@@ -27,12 +29,15 @@ TABLE_COLUMNS = ("problem_id", "repeat", "method", "gold", "pred", "correct", "m
 
 
 def run_id(out: Path) -> str:
-    """The output directory's W&B run id, made on first use."""
+    """The output directory's W&B run id, made on first use and written durably (fsynced,
+    renamed into place), so a crash cannot leave an empty id that would start a new run."""
     path = Path(out) / RUN_ID_FILE
     if path.exists():
-        return path.read_text().strip()
+        saved = path.read_text().strip()
+        if saved:
+            return saved
     new = uuid.uuid4().hex[:16]
-    path.write_text(new + "\n")
+    write_text_atomic(path, new + "\n")
     return new
 
 

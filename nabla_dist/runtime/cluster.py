@@ -23,6 +23,9 @@ Left: torch's TCPStore (MASTER_ADDR/PORT rendezvous) formats its peer with getna
 which sends a reverse-DNS query for 127.0.0.1 when /etc/hosts has no `::ffff:127.0.0.1`
 entry; no TCP connection leaves the machine.
 
+The embedded cluster's processes die with the driver that started it, even by `kill -9`
+(reaper.py: a watchdog process, and a sweep of orphans at the next embedded start).
+
 `start_ray("auto" | "host:port" | "ray://host:port", ...)` joins an existing cluster and
 fails within `connect_timeout_s` when nothing listens there (a bare `ray.init` retries for
 minutes).
@@ -39,7 +42,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from nabla_dist.runtime import reaper
+
 logger = logging.getLogger(__name__)
+_watchdog: reaper.Watchdog | None = None  # of the embedded cluster this process started last
 
 LOOPBACK = "127.0.0.1"
 
@@ -135,6 +141,7 @@ def _start_embedded(
     worker_env.update(env_vars)
     ray_home = nabla_cache_dir() / "ray_home"
     _write_bootstrap_config(ray_home)
+    _watch_new_cluster()
     init_kwargs = dict(
         address="local",
         num_cpus=num_cpus,
@@ -144,7 +151,7 @@ def _start_embedded(
         runtime_env={"env_vars": worker_env},
         _node_ip_address=LOOPBACK,
     )
-    with _home_set_to(ray_home):
+    with _home_set_to(ray_home), _env_set(reaper.ENV, _watchdog.mark):
         try:
             ray.init(**init_kwargs)
         except Exception as error:
@@ -239,6 +246,28 @@ def _write_bootstrap_config(ray_home: Path) -> None:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(_BOOTSTRAP_CONFIG_TEXT)
         os.replace(tmp, path)
+
+
+def _watch_new_cluster() -> None:
+    """Kill what killed drivers left, then mark the cluster about to start and watch it."""
+    global _watchdog
+    orphans = reaper.kill_marked(orphans_only=True)
+    if orphans:
+        logger.warning("killed %d Ray processes left by a driver that was killed: %s", len(orphans), orphans)
+    if _watchdog is not None:  # the previous embedded cluster of this process is shut down
+        _watchdog.stop()
+    _watchdog = reaper.Watchdog(reaper.new_mark())
+
+
+@contextlib.contextmanager
+def _env_set(key: str, value: str) -> Iterator[None]:
+    """`key` in the environment only while Ray's processes are spawned (they keep it; later
+    children of the driver do not get it)."""
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,8 @@ from nabla_dist.runtime.scheduler import DEFAULT_PATIENCE
 
 RUNTIMES = ("local", "ray")
 RAY_ONLY = ("address", "num_cpus", "policy_replicas", "reward_replicas", "tp_size", "reward_tp_size", "sharding",
-            "gpus_per_actor", "cpus_per_actor", "gpu_memory_gib", "max_restarts")
+            "gpus_per_actor", "cpus_per_actor", "gpu_memory_gib", "max_restarts", "reply_timeout_s",
+            "start_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class RuntimeOptions:
     # weights against it before any model loads. null: not checked.
     gpu_memory_gib: Optional[float] = None
     max_restarts: int = 3  # rebuilds of one replica before it is retired
+    # Deadlines on every wait for a replica; past one the replica is treated as dead (killed,
+    # its requests retried elsewhere, rebuilt). Generous: a hung worker is caught, a slow
+    # batch on a big model is not. null: wait forever.
+    reply_timeout_s: Optional[float] = 1800.0  # one batch, from when it was sent
+    start_timeout_s: Optional[float] = 3600.0  # a replica loading its model
 
     def __post_init__(self):
         check(self.kind in RUNTIMES, "kind", self.kind, f"choose one of {', '.join(RUNTIMES)}")
@@ -64,6 +70,8 @@ class RuntimeOptions:
         check(self.gpus_per_actor >= 0, "gpus_per_actor", self.gpus_per_actor, "use ≥ 0")
         check_optional(self.gpu_memory_gib, "gpu_memory_gib", lambda v: v > 0, "use the GiB of one GPU, e.g. 80")
         check(self.max_restarts >= 0, "max_restarts", self.max_restarts, "use ≥ 0")
+        for key in ("reply_timeout_s", "start_timeout_s"):
+            check_optional(getattr(self, key), key, lambda v: v > 0, "use seconds > 0")
 
     def ignored_by_local(self) -> list[str]:
         """Ray-only fields set to a non-default value while `kind` is local."""

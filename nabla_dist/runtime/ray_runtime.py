@@ -12,18 +12,24 @@ lose a rank). All its ranks are killed, its in-flight requests go back to the sc
 (`Scheduler.retry`) and run again elsewhere, and the replica is rebuilt in a new placement
 group; after `max_restarts` rebuilds it is retired and the run goes on with the others.
 Requests carry their seeds, so a retried request returns what the first attempt would have.
+
+Hangs: every wait for a replica has a deadline (`runtime.reply_timeout_s` for a batch,
+`runtime.start_timeout_s` for a replica loading its model). A replica that misses one is
+treated as dead, the same way: the log names it and what it was waited for, it is killed,
+its requests go back to the scheduler, and it is rebuilt.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Hashable
 
 import ray
 import torch
-from ray.exceptions import RayError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayError, RayTaskError
 
 from nabla_dist.engines.loading import model_config
 from nabla_dist.engines.prompt import PromptEncoder
@@ -46,6 +52,16 @@ class _Flight:
     refs: list[ray.ObjectRef]
     tickets: list[Ticket] | None = None  # None: start-up
     answers: dict[int, object] = field(default_factory=dict)  # rank -> value or RayTaskError
+    sent: float = field(default_factory=time.monotonic)
+
+    def what(self) -> str:
+        if self.tickets is None:
+            return "its start-up (loading its model)"
+        return f"its batch of {len(self.tickets)} {type(self.tickets[0].request).__name__} requests"
+
+
+class ReplicaTimeout(RayError):
+    """A replica did not answer within its deadline; handled as a dead rank."""
 
 
 class NoReplicaLeft(RuntimeError):
@@ -65,6 +81,8 @@ class RayRuntime:
         self.engine_seconds: dict[str, float] = defaultdict(float)  # rank 0's time inside the engine
         self.restarts = 0
         self.plan: PlacementPlan | None = None  # where `start` put the replicas
+        self.requeued = 0  # requests retried because their replica died or hung
+        self.timeouts = 0  # replicas that missed a deadline
         self._started_ray = started_ray
         self._flights: dict[ray.ObjectRef, _Flight] = {}
         self._solo: set[tuple[Hashable, int]] = set()  # tickets of a failed batch, served alone
@@ -122,7 +140,11 @@ class RayRuntime:
             starting += [(replica, replica.start()) for replica in runtime.policy]
             for replica, refs in starting:
                 try:
-                    ray.get(refs)
+                    ray.get(refs, timeout=options.start_timeout_s)
+                except GetTimeoutError:
+                    raise RuntimeError(f"{replica.name} did not load its model within runtime.start_timeout_s="
+                                       f"{options.start_timeout_s:g} s — raise runtime.start_timeout_s for a slow "
+                                       "load, or check the worker logs") from None
                 except RayError as error:
                     raise RuntimeError(f"{replica.name} failed to start: {error}") from error
         except BaseException:
@@ -132,7 +154,7 @@ class RayRuntime:
 
     def head_matrix(self) -> torch.Tensor:
         replica = self._live(self.policy)[0]
-        return ray.get(replica.actors[0].head_matrix.remote())
+        return ray.get(replica.actors[0].head_matrix.remote(), timeout=self.options.reply_timeout_s)
 
     def shutdown(self) -> None:
         """Kill every replica; stop Ray too if this runtime started it."""
@@ -207,9 +229,20 @@ class RayRuntime:
         for ref in flight.refs:
             self._flights.pop(ref, None)
 
+    def _deadline(self, flight: _Flight) -> float | None:
+        limit = self.options.start_timeout_s if flight.tickets is None else self.options.reply_timeout_s
+        return None if limit is None else flight.sent + limit
+
     def _receive(self, scheduler: Scheduler) -> None:
-        """Wait for one rank's answer; act once a replica's call is complete or a rank died."""
-        [ref], _ = ray.wait(list(self._flights), num_returns=1)
+        """Wait for one rank's answer, until the earliest deadline; act once a replica's call
+        is complete, a rank died, or a replica missed its deadline."""
+        deadlines = [d for d in map(self._deadline, self._flights.values()) if d is not None]
+        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        ready, _ = ray.wait(list(self._flights), num_returns=1, timeout=timeout)
+        if not ready:
+            self._expire(scheduler)
+            return
+        [ref] = ready
         flight = self._flights.pop(ref)
         rank = flight.refs.index(ref)
         try:
@@ -239,6 +272,19 @@ class RayRuntime:
         for ticket, answer in zip(flight.tickets, answers):
             scheduler.deliver(ticket, answer)
 
+    def _expire(self, scheduler: Scheduler) -> None:
+        """Every replica past its deadline is treated as dead (hung process, lost node)."""
+        now = time.monotonic()
+        expired = {id(f): f for f in self._flights.values() if (self._deadline(f) or float("inf")) <= now}
+        for flight in expired.values():
+            key = "start_timeout_s" if flight.tickets is None else "reply_timeout_s"
+            waited = now - flight.sent
+            self.timeouts += 1
+            log.error("%s did not answer %s within runtime.%s=%g s (waited %.1f s); treating it as dead",
+                      flight.replica.name, flight.what(), key, getattr(self.options, key), waited)
+            self._replica_failed(flight, scheduler, ReplicaTimeout(
+                f"no answer to {flight.what()} within runtime.{key}={getattr(self.options, key):g} s"))
+
     def _batch_failed(self, tickets: list[Ticket], scheduler: Scheduler, error: RayTaskError) -> None:
         """A request raised in the engine: retry the batch's requests one by one; a request
         that fails alone fails its problem (recorded, the run goes on)."""
@@ -257,6 +303,7 @@ class RayRuntime:
         self._land(flight)
         if flight.tickets is not None:
             scheduler.retry(flight.tickets)
+            self.requeued += len(flight.tickets)
         self._rebuild(flight.replica, error, len(flight.tickets or []))
 
     def _rebuild(self, replica: Replica, error: Exception, requeued: int) -> None:

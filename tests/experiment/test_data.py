@@ -32,15 +32,15 @@ ROWS = [
 @pytest.mark.parametrize(
     "kwargs, named",
     [
-        (dict(limit=0), "data.limit=0"),
-        (dict(repeats=0), "data.repeats=0"),
-        (dict(size=0), "data.size=0"),
-        (dict(name="nope"), "data.name='nope'"),
-        (dict(name="reasoning_gym:"), "data.name='reasoning_gym:'"),
+        (dict(limit=0), "limit=0"),
+        (dict(repeats=0), "repeats=0"),
+        (dict(size=0), "size=0"),
+        (dict(name="nope"), "name='nope'"),
+        (dict(name="reasoning_gym:"), "name='reasoning_gym:'"),
         (dict(name="jsonl"), "set data.path"),
-        (dict(format="csv"), "data.format='csv'"),
-        (dict(fields={"gold": "x"}), "['gold']"),
-        (dict(name="toy", split="dev"), "data.split='dev'"),
+        (dict(format="csv"), "format='csv'"),
+        (dict(fields={"gold": "x"}), "(not gold)"),
+        (dict(name="toy", split="dev"), "split='dev'"),
         (dict(name="toy", fields={"answer": "x"}), "remove it"),
     ],
 )
@@ -57,7 +57,7 @@ def test_data_config_is_an_omegaconf_structured_config():
     )
     cfg = omegaconf.OmegaConf.to_object(merged)
     assert cfg == DataConfig(name="gsm8k", fields={"question": "prompt"}, limit=5)
-    with pytest.raises(ValueError, match="data.repeats=0"):
+    with pytest.raises(ValueError, match="repeats=0"):
         omegaconf.OmegaConf.to_object(
             omegaconf.OmegaConf.merge(base, omegaconf.OmegaConf.from_dotlist(["repeats=0"]))
         )

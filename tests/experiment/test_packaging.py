@@ -34,20 +34,20 @@ def test_every_packaged_experiment_and_sweep_loads_and_validates():
 def test_paper_experiments_use_the_hub_models_and_grade_aime_as_integers():
     for name in PAPER:
         cfg = load_config(name)
-        assert cfg.reward.path == "Skywork/Skywork-Reward-V2-Qwen3-4B" and cfg.runtime.kind == "ray"
+        assert cfg.reward.path == "hf:Skywork/Skywork-Reward-V2-Qwen3-4B" and cfg.runtime.kind == "ray"
         assert grade_kind(cfg.data) == ("integer" if cfg.data.name.startswith("aime") else "math")
-    assert load_config("paper/math500").policy.path == "Qwen/Qwen2.5-7B-Instruct"
+    assert load_config("paper/math500").policy.path == "hf:Qwen/Qwen2.5-7B-Instruct"
     big = load_config("paper/qwen72b_tp")
-    assert (big.policy.path, big.runtime.tp_size, big.runtime.sharding) == ("Qwen/Qwen2.5-72B-Instruct", 4, "autotp")
+    assert (big.policy.path, big.runtime.tp_size, big.runtime.sharding) == ("hf:Qwen/Qwen2.5-72B-Instruct", 4, "autotp")
     # a local copy replaces a hub id with one override
     assert load_config("paper/math500", ["policy.path=/models/qwen7b"]).policy.path == "/models/qwen7b"
 
 
 def test_the_model_size_sweep_runs_the_paper_experiment_at_every_size():
     sweep = load_sweep("model_size")
-    assert all(p.cfg.data.name == "math500" and p.cfg.reward.path.startswith("Skywork/") for p in sweep.points)
+    assert all(p.cfg.data.name == "math500" and p.cfg.reward.path.startswith("hf:Skywork/") for p in sweep.points)
     tp = {p.cfg.policy.path: p.cfg.runtime.tp_size for p in sweep.points}
-    assert tp["Qwen/Qwen2.5-72B-Instruct"] == 4 and tp["Qwen/Qwen2.5-7B-Instruct"] == 1
+    assert tp["hf:Qwen/Qwen2.5-72B-Instruct"] == 4 and tp["hf:Qwen/Qwen2.5-7B-Instruct"] == 1
 
 
 def test_an_old_configs_path_names_the_packaged_file_and_a_user_file_is_read(tmp_path, monkeypatch):

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+from pathlib import Path
 
 import pytest
 
 from nabla_dist.experiment.config import ConfigError, ExperimentConfig, load_config, to_yaml
 from nabla_dist.experiment.results import (
     OutputBusy,
+    OutputError,
     OutputLock,
+    ResultsCorrupt,
     ResultsFile,
+    open_output_dir,
     resume_conflicts,
+    write_json_atomic,
 )
 from nabla_dist.experiment.run import Experiment
 from nabla_dist.experiment.summary import WALL_TIME_KEYS, summarize_results
@@ -25,18 +32,30 @@ def record(pid="p0", repeat=0, method="greedy", **fields):
 
 
 # -- results.jsonl ---------------------------------------------------------------------
-def test_torn_last_line_is_dropped_and_cut_so_the_next_append_is_clean(tmp_path, caplog):
+def test_a_reader_skips_a_torn_last_line_and_leaves_the_file_as_it_is(tmp_path):
     path = tmp_path / "results.jsonl"
     results = ResultsFile(path)
     results.append(record("a"))
     results.append(record("b"))
     with open(path, "ab") as f:
         f.write(b'{"problem_id": "c", "repeat": 0, "meth')  # the process died mid-write
+    before = path.read_bytes()
     assert [r["problem_id"] for r in results.read()] == ["a", "b"]
-    assert "torn last line" in caplog.text
-    assert path.read_bytes().endswith(b"}\n")
+    assert results.done() == {("a", 0, "greedy"), ("b", 0, "greedy")}
+    assert path.read_bytes() == before  # reading never writes
+
+
+def test_only_the_writer_cuts_a_torn_tail_so_the_next_append_is_clean(tmp_path, caplog):
+    path = tmp_path / "results.jsonl"
+    results = ResultsFile(path)
+    results.append(record("a"))
+    with open(path, "ab") as f:
+        f.write(b'{"problem_id": "c", "rep')
+    results.repair()
+    assert "torn last line (24 bytes)" in caplog.text
+    assert path.read_bytes() == (json.dumps(record("a")) + "\n").encode()
     results.append(record("c"))
-    assert [r["problem_id"] for r in results.read()] == ["a", "b", "c"]
+    assert [r["problem_id"] for r in results.read()] == ["a", "c"]
 
 
 def test_a_complete_json_without_newline_is_torn_too(tmp_path):
@@ -45,11 +64,72 @@ def test_a_complete_json_without_newline_is_torn_too(tmp_path):
     assert [r["problem_id"] for r in ResultsFile(path).read()] == ["a"]
 
 
-def test_a_corrupt_line_in_the_middle_is_refused_with_its_number(tmp_path):
+@pytest.mark.parametrize("where", ["last", "middle"])
+def test_a_complete_line_that_does_not_parse_is_an_error_naming_it_and_the_file_is_kept(tmp_path, where):
     path = tmp_path / "results.jsonl"
-    path.write_text(json.dumps(record("a")) + "\n{garbage\n" + json.dumps(record("b")) + "\n")
-    with pytest.raises(ValueError, match="line 2 is corrupt"):
+    broken = json.dumps(record("b"))[:-1]  # one brace missing, newline present: not a torn write
+    lines = [json.dumps(record("a")), broken] + ([json.dumps(record("c"))] if where == "middle" else [])
+    path.write_text("\n".join(lines) + "\n")
+    before = path.read_bytes()
+    for action in (ResultsFile(path).read, ResultsFile(path).repair):
+        with pytest.raises(ResultsCorrupt, match=rf"results\.jsonl, line 2: a complete line that is not a result"):
+            action()
+    assert path.read_bytes() == before
+
+
+def test_a_line_that_parses_but_is_not_a_result_is_refused(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(record("a")) + "\n[1, 2]\n")
+    with pytest.raises(ResultsCorrupt, match="line 2: .*not a result object with problem_id, repeat, method"):
         ResultsFile(path).read()
+
+
+@pytest.mark.parametrize("name", [".lock", "results.jsonl", "summary.json"])
+def test_a_link_in_place_of_an_output_file_is_refused_and_its_target_untouched(tmp_path, name):
+    out, target = tmp_path / "out", tmp_path / "precious.txt"
+    out.mkdir()
+    target.write_text("keep me\n")
+    (out / name).symlink_to(target)
+    with pytest.raises(OutputError, match=rf"{re.escape(name)} is a symbolic link \(to .*precious\.txt\) — "):
+        open_output_dir(out)
+    with pytest.raises(OutputError, match="symbolic link"):  # and each writer refuses it on its own
+        {".lock": lambda: OutputLock(out), "results.jsonl": lambda: ResultsFile(out / name).append(record()),
+         "summary.json": lambda: write_json_atomic(out / name, {})}[name]()
+    if name == "results.jsonl":
+        with pytest.raises(OutputError, match="symbolic link"):
+            ResultsFile(out / name).read()
+    assert target.read_text() == "keep me\n"
+
+
+def test_atomic_writes_fsync_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    """A spy on os.fsync (the real call still runs) records what each fsync'd descriptor was."""
+    synced, real_fsync = [], os.fsync
+
+    def spy(fd):
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), (tmp_path / "summary.json").exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    write_json_atomic(tmp_path / "summary.json", {"a": 1})
+    (temp, renamed_yet), (directory, renamed) = synced
+    assert Path(temp).parent == tmp_path and Path(temp).name.startswith(".summary.json.") and not renamed_yet
+    assert directory == str(tmp_path) and renamed
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # no temporary file left
+
+    synced.clear()
+    ResultsFile(tmp_path / "results.jsonl").append(record("a"))  # new file: its directory entry too
+    ResultsFile(tmp_path / "results.jsonl").append(record("b"))
+    assert [path for path, _ in synced] == [str(tmp_path / "results.jsonl"), str(tmp_path),
+                                            str(tmp_path / "results.jsonl")]
+
+
+def test_temporary_names_are_unique_so_two_writers_never_share_one(tmp_path, monkeypatch):
+    names, real_replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (names.append(Path(src).name), real_replace(src, dst)))
+    for value in range(3):
+        write_json_atomic(tmp_path / "summary.json", value)
+    assert len(set(names)) == 3 and json.loads((tmp_path / "summary.json").read_text()) == 2
 
 
 def test_duplicate_keys_keep_the_first_result(tmp_path):
