@@ -27,7 +27,7 @@ from nabla_dist.experiment.config import load_config  # noqa: E402
 from nabla_dist.experiment.run import Experiment  # noqa: E402
 from nabla_dist.runtime import reaper  # noqa: E402
 from nabla_dist.runtime.cluster import start_ray  # noqa: E402
-from tests.runtime.test_ray_runtime import results  # noqa: E402
+from tests.conftest import read_results as results  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
