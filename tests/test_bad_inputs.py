@@ -108,7 +108,7 @@ def cases(t: Path, tiny_paths) -> dict:
                                "override 'data.limit' is not key=value — write it as key=value, e.g. data.limit=4"),
         "wrong type": (["method.max_iters=abc"],
                        "bad value for method.max_iters: Value 'abc' of type 'str' could not be converted to Integer "
-                       "— use a value of the type configs/default.yaml shows for method.max_iters"),
+                       "— give method.max_iters a value of its type"),
         "section given a value": (["method=3"], "bad configuration: Merge error: int is not a subclass of "
                                   "MethodConfig. value: 3 — a section (method, policy, …) takes keys, e.g. "
                                   "method.name=greedy"),
@@ -221,7 +221,8 @@ def cases(t: Path, tiny_paths) -> dict:
                                        "(saved → now: seed: 0 → 5) — use another output_dir, or rerun with the "
                                        "saved values; only output_dir, runtime.*, wandb.*, data.limit, data.repeats, "
                                        "policy.prefix_cache, reward.prefix_cache, policy.lazy_probe, "
-                                       "policy.norm_chunk, policy.allow_pickle, reward.allow_pickle may change when "
+                                       "policy.norm_chunk, policy.grad_memory, reward.grad_memory, policy.allow_pickle, "
+                                       "reward.allow_pickle may change when "
                                        "resuming"),
         # -- other commands -----------------------------------------------------------------------------
         "rescore n out of range": (["rescore", "{out}", "--n", "3"], "--n 3 is out of range — the run drew N=2 "

@@ -151,8 +151,8 @@ class DataConfig:
         check_optional(self.limit, "limit", lambda v: v >= 1, "use ≥ 1")
         check(self.repeats >= 1, "repeats", self.repeats, "use ≥ 1")
         check(self.size >= 1, "size", self.size, "use ≥ 1")
-        check_optional(self.grade, "grade", lambda v: v in GRADE_KINDS,
-                       f"use one of {', '.join(GRADE_KINDS)} (null: the source's own)")
+        check(self.grade is None or self.grade in GRADE_KINDS, "grade", self.grade,
+              f"use one of {', '.join(GRADE_KINDS)}, or null for the source's own")
         check(self.name != "toy" or self.split in toy_task.SPLITS, "split", self.split,
               f"the toy splits are {', '.join(toy_task.SPLITS)}")
 

@@ -26,7 +26,7 @@ def test_the_grade_is_the_sources_unless_set():
     assert grade_kind(load_config(None, ["data.name=aime2025"]).data) == "integer"
     assert grade_kind(load_config(None, ["data.name=math500"]).data) == "math"
     assert grade_kind(load_config(None, ["data.name=aime2024", "data.grade=math"]).data) == "math"
-    with pytest.raises(ConfigError, match="data.grade='exact' is unknown"):
+    with pytest.raises(ConfigError, match="data.grade='exact' is invalid — use one of math, integer"):
         load_config(None, ["data.grade=exact"])
 
 
