@@ -3,7 +3,7 @@
     nabla-dist run [EXPERIMENT] [key=value ...]     run (or resume) one experiment
     nabla-dist rescore OUTPUT_DIR [--n 1 2 4]      SC / BoN at smaller N, no new generation
     nabla-dist sweep SWEEP [key=value ...]          a grid of runs (nabla_dist/configs/sweep/), then its report
-    nabla-dist report DIR [DIR ...] [--out OUT]     tables and plots over run / sweep directories
+    nabla-dist report DIR [DIR ...] [--out OUT]     tables, scaling fits and plots over run / sweep directories
     nabla-dist demo [key=value ...]                 the embedded default (the sweep `demo`)
     nabla-dist train-toy [--out DIR]                rebuild the shipped toy policy and reward model
 
@@ -22,13 +22,12 @@ import json
 import logging
 import sys
 import traceback
+from pathlib import Path
 
 from nabla_dist.engines.loading import ModelPathError
 from nabla_dist.experiment.config import ConfigError, load_config
 from nabla_dist.experiment.data import DataError
-from nabla_dist.experiment.demo import add_demo_command
 from nabla_dist.experiment.results import OutputError
-from nabla_dist.experiment.sweep import add_sweep_commands
 from nabla_dist.experiment.train_toy import add_train_toy_command
 
 USER_ERRORS = (ConfigError, DataError, OutputError, ModelPathError, FileNotFoundError)
@@ -100,6 +99,33 @@ def _rescore(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from nabla_dist.experiment.sweep import load_sweep, run_sweep
+
+    sweep = run_sweep(load_sweep(args.sweep, args.overrides))
+    width = max(len(p.name) for p in sweep.points)
+    for point in sweep.points:
+        print(f"{point.name:<{width}}  {point.status:<8}  {point.error or ''}".rstrip())
+    report = sweep.output_dir / "report"
+    print(f"sweep: {sweep.output_dir}/sweep.json" + (f"  report: {report}/report.md" if report.exists() else ""))
+    return 1 if any(p.status == "failed" for p in sweep.points) else 0
+
+
+def _report(args) -> int:
+    from nabla_dist.experiment.report import write_report
+
+    report = write_report(args.dirs, args.out, args.params, args.wandb, args.bootstrap, args.seed, args.bins,
+                          args.bins_from, args.split)
+    print(f"{len(report['rows'])} rows; report: {report['out']}/report.md  table: {report['out']}/summary.csv")
+    return 0
+
+
+def _demo(args) -> int:
+    from nabla_dist.experiment.demo import run_demo
+
+    return run_demo(args.overrides)
+
+
 def user_error_message(error: BaseException) -> str | None:
     """The one line shown for a user error; None when `error` is not one."""
     if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.errno in OS_FIXES:
@@ -126,8 +152,33 @@ def _parser() -> argparse.ArgumentParser:
     rescore.add_argument("output_dir")
     rescore.add_argument("--n", type=int, nargs="+", help="the n's (default: 1, 2, 4, … below N, and N)")
     rescore.set_defaults(func=_rescore)
-    add_sweep_commands(sub)
-    add_demo_command(sub)
+    sweep = sub.add_parser("sweep", help="run (or resume) every point of a sweep (nabla_dist/configs/sweep/ or a "
+                           "YAML path), then write its report")
+    sweep.add_argument("sweep", help="a packaged sweep (budget, demo, model_size) or a YAML path")
+    sweep.add_argument("overrides", nargs="*", help="sweep.parallel=2, sweep.output_dir=DIR, or any experiment "
+                       "key for every point, e.g. data.limit=2")
+    sweep.set_defaults(func=_sweep)
+    report = sub.add_parser("report", help="tables, scaling fits with intervals, the compute-optimal method "
+                            "by difficulty and plots over run or sweep directories")
+    report.add_argument("dirs", nargs="+", type=Path, help="run directories and/or sweep directories")
+    report.add_argument("--out", type=Path, help="output folder (default: DIR/report, or ./report for several)")
+    report.add_argument("--params", type=lambda v: int(float(v)), help="policy parameter count for the FLOP estimate "
+                        "(default: from the config of policy.path)")
+    report.add_argument("--wandb", choices=("disabled", "offline", "online"),
+                        help="log the report to W&B (default: the runs' wandb.mode, in their group)")
+    report.add_argument("--bootstrap", type=int, default=1000, help="resamples of the problems for every interval")
+    report.add_argument("--seed", type=int, default=0, help="seed of the resamples and of --split's halves")
+    report.add_argument("--bins", type=int, default=5, help="difficulty bins (quantiles of the base score; tied "
+                        "scores can give fewer)")
+    report.add_argument("--bins-from", default="auto", help="the base score of the difficulty bins: auto (the largest "
+                        "SC / BoN run's fraction of correct candidates, else greedy), greedy, or a run name")
+    report.add_argument("--split", action="store_true", help="also choose per bin on a random half of the problems "
+                        "and measure the choice on the other half (the in-sample numbers are optimistic)")
+    report.set_defaults(func=_report)
+    demo = sub.add_parser("demo", help="the embedded default: ∇-Reasoner vs greedy, SC@8 and BoN@8, local Ray, CPU "
+                          "(nabla_dist/configs/sweep/demo.yaml)")
+    demo.add_argument("overrides", nargs="*", help="e.g. data.size=50 or sweep.output_dir=DIR")
+    demo.set_defaults(func=_demo)
     add_train_toy_command(sub)
     return parser
 

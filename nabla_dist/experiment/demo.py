@@ -69,8 +69,10 @@ def reading(sweep: Sweep, rows: list[dict]) -> list[str]:
     return sentences
 
 
-def _demo_command(args) -> int:
-    sweep = run_sweep(load_sweep("demo", args.overrides))
+def run_demo(overrides: list[str]) -> int:
+    """Run (or resume) the demo sweep, print its table and the sentences that read it; the
+    exit status (1 if a point failed)."""
+    sweep = run_sweep(load_sweep("demo", overrides))
     report = sweep.output_dir / "report"
     console = Console()
     if not console.is_terminal:  # a log file or pipe: no terminal width to respect
@@ -87,10 +89,3 @@ def _demo_command(args) -> int:
                 console.print(sentence)
         console.print(f"report: {report / 'report.md'}  plots: {report}/*.png")
     return 1 if failed else 0
-
-
-def add_demo_command(subparsers) -> None:
-    demo = subparsers.add_parser("demo", help="the embedded default: ∇-Reasoner vs greedy, SC@8 and BoN@8, "
-                                 "local Ray, CPU (nabla_dist/configs/sweep/demo.yaml)")
-    demo.add_argument("overrides", nargs="*", help="e.g. data.limit=50 or sweep.output_dir=DIR")
-    demo.set_defaults(func=_demo_command)

@@ -154,30 +154,3 @@ def write_report(dirs: list[Path], out: Path | None = None, params: int | None =
     write_markdown(out / "report.md", rows, analysis, notes, runs, plots)
     _log_wandb(out, tables, plots, runs, wandb_mode)
     return {"rows": rows, "fits": tables["fits"], "analysis": analysis, "out": out}
-
-
-def _report_command(args) -> int:
-    report = write_report(args.dirs, args.out, args.params, args.wandb, args.bootstrap, args.seed, args.bins,
-                          args.bins_from, args.split)
-    print(f"{len(report['rows'])} rows; report: {report['out']}/report.md  table: {report['out']}/summary.csv")
-    return 0
-
-
-def add_report_command(subparsers) -> None:
-    report = subparsers.add_parser("report", help="tables, scaling fits with intervals, the compute-optimal method "
-                                   "by difficulty and plots over run or sweep directories")
-    report.add_argument("dirs", nargs="+", type=Path, help="run directories and/or sweep directories")
-    report.add_argument("--out", type=Path, help="output folder (default: DIR/report, or ./report for several)")
-    report.add_argument("--params", type=lambda v: int(float(v)), help="policy parameter count for the FLOP estimate "
-                        "(default: from the config of policy.path)")
-    report.add_argument("--wandb", choices=("disabled", "offline", "online"),
-                        help="log the report to W&B (default: the runs' wandb.mode, in their group)")
-    report.add_argument("--bootstrap", type=int, default=1000, help="resamples of the problems for every interval")
-    report.add_argument("--seed", type=int, default=0, help="seed of the resamples and of --split's halves")
-    report.add_argument("--bins", type=int, default=5, help="difficulty bins (quantiles of the base score; tied "
-                        "scores can give fewer)")
-    report.add_argument("--bins-from", default="auto", help="the base score of the difficulty bins: auto (the largest "
-                        "SC / BoN run's fraction of correct candidates, else greedy), greedy, or a run name")
-    report.add_argument("--split", action="store_true", help="also choose per bin on a random half of the problems "
-                        "and measure the choice on the other half (the in-sample numbers are optimistic)")
-    report.set_defaults(func=_report_command)

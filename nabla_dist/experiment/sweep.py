@@ -379,27 +379,3 @@ def run_sweep(sweep: Sweep) -> Sweep:
 
         write_report([sweep.output_dir], sweep.output_dir / "report")
     return sweep
-
-
-# -- command line -------------------------------------------------------------------------------
-def _sweep_command(args) -> int:
-    sweep = run_sweep(load_sweep(args.sweep, args.overrides))
-    width = max(len(p.name) for p in sweep.points)
-    for point in sweep.points:
-        print(f"{point.name:<{width}}  {point.status:<8}  {point.error or ''}".rstrip())
-    print(f"sweep: {sweep.output_dir}/sweep.json" + (f"  report: {sweep.output_dir}/report/report.md"
-                                                      if (sweep.output_dir / "report").exists() else ""))
-    return 1 if any(p.status == "failed" for p in sweep.points) else 0
-
-
-def add_sweep_commands(subparsers) -> None:
-    """`nabla-dist sweep` and `nabla-dist report`."""
-    from nabla_dist.experiment.report import add_report_command
-
-    sweep = subparsers.add_parser("sweep", help="run (or resume) every point of the sweep SWEEP "
-                                  "(nabla_dist/configs/sweep/<SWEEP>.yaml or a YAML path), then write its report")
-    sweep.add_argument("sweep", help="a packaged sweep name (budget, demo, model_size, …) or a YAML path")
-    sweep.add_argument("overrides", nargs="*", help="sweep.parallel=2, sweep.output_dir=DIR, or any experiment "
-                       "key for every point, e.g. data.limit=2")
-    sweep.set_defaults(func=_sweep_command)
-    add_report_command(subparsers)
