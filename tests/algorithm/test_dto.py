@@ -133,3 +133,19 @@ def test_chain_vector_at_a_peaked_position_is_exact_in_fp32():
     fp32 = y * (grad - torch.dot(y, grad))  # what an all-fp32 chain computes
     error = lambda v: float((v.double() - exact).norm() / exact.norm())  # noqa: E731
     assert error(ours) < 1e-6 < error(fp32)
+
+
+def test_flushing_subnormals_moves_z_by_nothing_that_matters():
+    """At a peaked position most of softmax(z) is subnormal; treating it as 0 is a speed switch."""
+    vocab = 3000  # _token_gradients holds a [vocab, vocab] table
+    generator = torch.Generator().manual_seed(4)
+    z0 = torch.randn(vocab, generator=generator) * 30  # confidence ≈ 1, like a confident random model
+    outcomes = {}
+    for flush in (True, False):
+        grad_for_token, calls = _token_gradients(vocab, seed=5)
+        outcomes[flush] = run(optimize_position(z0, None, grad_for_token, DTOConfig(max_iters=12, lr=0.5,
+                                                                                  flush_denormals=flush))), calls
+    (on, on_calls), (off, off_calls) = outcomes[True], outcomes[False]
+    assert on.tokens_visited == off.tokens_visited and on_calls == off_calls
+    assert torch.allclose(on.logits, off.logits, rtol=0, atol=1e-30)
+    assert float(torch.tensor(1e-40) * 1) != 0.0  # the flag is restored after the loop
