@@ -112,12 +112,39 @@ def measure(pair: str, policy: str, reward: str, in_flight: int, out: Path, extr
     }
 
 
+def decode_ms_per_token(policy: str, tokens: int = 128) -> dict:
+    """Batch-1 greedy decode of `tokens` tokens: the project's rollout against HF `generate`,
+    same model, same prompt (the reference implementation decodes with `generate`)."""
+    from nabla_dist.algorithm.requests import Rollout, SamplingParams
+    from nabla_dist.engines.build import build_policy_engine
+    from nabla_dist.engines.spec import PolicySpec
+
+    engine = build_policy_engine(PolicySpec(policy))
+    prompt = engine.prompts.encode("Compute 17 * 23 + 4, step by step.").ids
+    request = Rollout(prompt, tokens, SamplingParams(temperature=0.0), seed=0)
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        engine.model.generate(ids, max_new_tokens=4, do_sample=False)  # warm-up
+        engine.rollout([request])
+        start = time.perf_counter()
+        generated = engine.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                                          min_new_tokens=tokens, do_sample=False, pad_token_id=engine.tokenizer.pad_token_id)
+        hf = (time.perf_counter() - start) / (generated.shape[1] - ids.shape[1])
+    # our rollout may stop at EOS: ask for the same count by forbidding nothing, timing per token made
+    start = time.perf_counter()
+    (result,) = engine.rollout([request])
+    ours = (time.perf_counter() - start) / len(result.tokens)
+    return {"hf_generate_ms_per_token": 1000 * hf, "rollout_ms_per_token": 1000 * ours,
+            "rollout_tokens": len(result.tokens), "ratio": ours / hf}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pair", choices=sorted(REFERENCE_S_PER_PROBLEM), default="tiny")
     parser.add_argument("--in-flight", default="1,8")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument("--decode", action="store_true", help="also time batch-1 decode against HF generate")
     parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. policy.grad_memory=0")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -125,6 +152,8 @@ def main() -> None:
                "reference_s_per_problem": REFERENCE_S_PER_PROBLEM[args.pair], "runs": []}
     with tempfile.TemporaryDirectory() as directory:
         policy, reward = build_pair(args.pair, Path(directory))
+        if args.decode:
+            figures["decode"] = decode_ms_per_token(policy)
         for in_flight in [int(x) for x in args.in_flight.split(",")]:
             figures["runs"].append(measure(args.pair, policy, reward, in_flight, Path(directory) / f"run{in_flight}",
                                            args.overrides))

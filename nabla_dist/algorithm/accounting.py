@@ -5,7 +5,8 @@ Paper count ("model calls"), as the reference implementation counts:
   and backward); rejection comparison: 2; Best-of-N reward score: 1.
 Honest count: the passes that actually ran, a forward or a backward of one model over one
 sequence each — an n-token rollout is n forwards (the prefill makes the first token), a
-gradient pass 2 per model, a prefix-KV build 1 forward, a comparison 2 reward forwards. A
+gradient pass 2 per model, a prefix-KV build 1 forward, a comparison 1 reward forward per
+response scored (at most 2; a response already scored is not scored again). A
 probe or inner gradient served from the gradient memory ran nothing and costs 0; one the
 reference would compute and we reuse from the probe counts in the paper count only.
 Passes and tokens are also kept per model (policy, reward), so FLOPs follow from them, and
@@ -97,12 +98,14 @@ class Accounting:
         self.model_calls += GRAD_CALLS
         self.events.append({"event": "grad_reused"})
 
-    def comparison(self, tokens: int, rejected: bool) -> None:
+    def comparison(self, scored: list[int], rejected: bool) -> None:
+        """`scored`: tokens of each response the reward model read for it (a response whose
+        reward the program already had is not scored again)."""
         self.comparisons += 1
         self.rejections += rejected
         self.model_calls += COMPARE_CALLS
-        self._run("reward", COMPARE_CALLS, 0, tokens, 0)
-        self.events.append({"event": "compare", "tokens": tokens, "rejected": rejected})
+        self._run("reward", len(scored), 0, sum(scored), 0)
+        self.events.append({"event": "compare", "scored": len(scored), "tokens": sum(scored), "rejected": rejected})
 
     def reward_score(self, tokens: int) -> None:
         self.reward_scores += 1

@@ -54,6 +54,10 @@ class NablaConfig(DTOConfig, DecodingConfig):
     rejection_sampling: bool = True
     max_rollouts: int = 8
     reuse_selector_grad: bool = True  # the inner loop's first gradient is the probe's (exact)
+    # Rejection sampling scores a response once per problem: the current response after a
+    # comparison is the one just scored (kept, or the accepted proposal), so only the
+    # proposal needs the reward model (exact; the paper count still charges two).
+    reuse_rewards: bool = True
 
     def __post_init__(self):
         DTOConfig.__post_init__(self)
@@ -115,6 +119,7 @@ class NablaReasoner:
         self.prompt, self.cfg, self.seed, self.head = prompt, cfg, seed, head
         self.committed: list[int] = []
         self.count = Accounting()
+        self.rewards: dict[tuple[int, ...], float] = {}  # response -> its reward, once scored
 
     # -- model work -----------------------------------------------------------------
     def rollout(self, forced: list[int]) -> Generator[Any, Any, RolloutResult]:
@@ -184,12 +189,14 @@ class NablaReasoner:
         """Rejection sampling: both complete responses scored in the same template."""
         if not self.cfg.rejection_sampling:
             return True
-        current, proposed = yield [
-            Reward(self.prompt.text, self.committed + ahead.tokens),
-            Reward(self.prompt.text, self.committed + proposal.tokens),
-        ]
-        accepted = proposed.reward > current.reward
-        self.count.comparison(current.tokens + proposed.tokens, rejected=not accepted)
+        current, proposed = tuple(self.committed + ahead.tokens), tuple(self.committed + proposal.tokens)
+        known = self.rewards if self.cfg.reuse_rewards else {}
+        missing = list(dict.fromkeys(r for r in (current, proposed) if r not in known))
+        scores = (yield [Reward(self.prompt.text, list(r)) for r in missing]) if missing else []
+        rewards = {**known, **{r: s.reward for r, s in zip(missing, scores)}}
+        self.rewards.update(rewards)
+        accepted = rewards[proposed] > rewards[current]
+        self.count.comparison([s.tokens for s in scores], rejected=not accepted)
         return accepted
 
     def commit(self, ahead: Ahead, n: int) -> Ahead:

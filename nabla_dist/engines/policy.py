@@ -303,8 +303,7 @@ class PolicyEngine:
         token_logprob = log_probs.gather(1, targets[:, None]).squeeze(1)  # [N]
         (grad_inputs,) = torch.autograd.grad(token_logprob.sum(), inputs)  # [batch, A, H]
         grads = [grad_inputs[b, :n].float() for b, n in enumerate(lengths)]
-        return self._remembered(requests, predicting, token_logprob, grads, lengths,
-                                [p.length if fresh else 0 for p, fresh in zip(prefixes, built)])
+        return self._remembered(requests, predicting, token_logprob, grads, lengths, built)
 
     @staticmethod
     def _remembered(requests, predicting, token_logprob, grads, tokens, prefix_tokens):

@@ -5,6 +5,11 @@ hidden state at its last position, which predicts the first ahead token) are com
 once and reused for every forward+backward over the ahead tokens. Exact: the prefix does
 not depend on the ahead one-hots. A batch of rows with different prefix lengths is laid
 out as [left pad | prefix | suffix | right pad] with the matching attention mask.
+
+Keys are tuples whose prefixes are the keys of the prefixes' prefixes (token ids, after a
+prompt text for the reward model). A new prefix that extends a cached one by the tokens
+committed since runs only those tokens on the cached keys/values: committing one token at
+a time, a full rebuild per position cost a forward over the whole prompt ‖ committed.
 """
 
 from __future__ import annotations
@@ -44,36 +49,63 @@ class PrefixCache:
             self.hits += 1
         return entry
 
-    @torch.no_grad()
-    def get_many(self, keys: list, embed: Callable[[int], torch.Tensor]) -> tuple[list[Prefix], list[bool]]:
-        """The prefixes for `keys`, and which of `keys` had its prefix built by this call
-        (the first request of each missing key: what a build is charged to); `embed(i)`
-        gives key i's input embeddings [P, H].
+    def _longest_cached_prefix(self, key: tuple) -> Prefix | None:
+        best, size = None, 0
+        for cached, entry in self._entries.items():
+            if size < len(cached) < len(key) and key[: len(cached)] == cached:
+                best, size = entry, len(cached)
+        return best
 
-        The prefixes not cached yet run together in one right-padded batch: one pass over
-        the weights instead of one per prefix.
+    @torch.no_grad()
+    def get_many(self, keys: list[tuple], embed: Callable[[int], torch.Tensor]) -> tuple[list[Prefix], list[int]]:
+        """The prefixes for `keys`, and the tokens this call ran to build each (charged to the
+        first request of a missing key, 0 for the others); `embed(i)` gives key i's input
+        embeddings [P, H].
+
+        Missing prefixes run together: those extending a cached prefix as one batch of their
+        new tokens on the cached keys/values, the others as one right-padded batch.
         """
         found = {key: self.peek(key) for key in dict.fromkeys(keys)}
         missing = [key for key, entry in found.items() if entry is None]
         first = {key: keys.index(key) for key in missing}
+        tokens = [0] * len(keys)
         if missing:
             self.misses += len(missing)
-            rows = [embed(first[key]) for key in missing]  # [P_b, H] each
-            lengths = [row.shape[0] for row in rows]
-            inputs, mask = pad_rows(rows, 0.0, left=False)
-            out = self.base_model(inputs_embeds=inputs, attention_mask=mask, use_cache=True)
-            for b, (key, n) in enumerate(zip(missing, lengths)):
-                # copies, so that an entry does not keep the whole padded batch alive
-                layers = [
-                    (layer.keys[b : b + 1, :, :n].clone(), layer.values[b : b + 1, :, :n].clone())
-                    for layer in out.cache.layers
-                ]
-                found[key] = Prefix(layers, out.last_hidden_state[b, n - 1], n)
-                self._entries[key] = found[key]
+            rows = {key: embed(first[key]) for key in missing}  # [P_b, H] each
+            parents = {key: self._longest_cached_prefix(key) for key in missing}
+            extend = [key for key in missing if parents[key] is not None and parents[key].length < len(rows[key])]
+            fresh = [key for key in missing if key not in extend]
+            built = {}
+            if fresh:
+                built.update(zip(fresh, self._build([rows[key] for key in fresh])))
+            if extend:
+                built.update(zip(extend, self._extend([parents[key] for key in extend], [rows[key] for key in extend])))
+            for key, (prefix, ran) in built.items():
+                found[key] = self._entries[key] = prefix
+                tokens[first[key]] = ran
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
-        built = set(first.values())
-        return [found[key] for key in keys], [i in built for i in range(len(keys))]
+        return [found[key] for key in keys], tokens
+
+    def _build(self, rows: list[torch.Tensor]) -> list[tuple[Prefix, int]]:
+        lengths = [row.shape[0] for row in rows]
+        inputs, mask = pad_rows(rows, 0.0, left=False)
+        out = self.base_model(inputs_embeds=inputs, attention_mask=mask, use_cache=True)
+        # copies, so that an entry does not keep the whole padded batch alive
+        return [(Prefix([(layer.keys[b : b + 1, :, :n].clone(), layer.values[b : b + 1, :, :n].clone())
+                         for layer in out.cache.layers], out.last_hidden_state[b, n - 1], n), n)
+                for b, n in enumerate(lengths)]
+
+    def _extend(self, parents: list[Prefix], rows: list[torch.Tensor]) -> list[tuple[Prefix, int]]:
+        """Each row's tokens after its parent prefix, run on the parent's keys/values."""
+        new = [row[parent.length :] for parent, row in zip(parents, rows)]
+        lengths = [row.shape[0] for row in new]
+        hidden, cache = run_after_prefixes(self.base_model, parents, pad_rows(new, 0.0, left=False)[0], lengths)
+        longest = max(p.length for p in parents)  # the stacked layout: [left pad | parent | new | right pad]
+        return [(Prefix([(layer.keys[b : b + 1, :, longest - p.length : longest + n].clone(),
+                          layer.values[b : b + 1, :, longest - p.length : longest + n].clone())
+                         for layer in cache.layers], hidden[b, n - 1], p.length + n), n)
+                for b, (p, n) in enumerate(zip(parents, lengths))]
 
     def clear(self) -> None:
         self._entries.clear()
@@ -110,6 +142,11 @@ def forward_after_prefixes(base_model, prefixes: list[Prefix], suffix: torch.Ten
     suffix: [B, S, H] input embeddings, right-padded; lengths: real suffix length per row.
     Returns [B, S, H].
     """
+    return run_after_prefixes(base_model, prefixes, suffix, lengths)[0]
+
+
+def run_after_prefixes(base_model, prefixes: list[Prefix], suffix: torch.Tensor, lengths: list[int]):
+    """(hidden states [B, S, H], the cache of prefix and suffix keys/values) of forward_after_prefixes."""
     cache, prefix_mask = stack_prefixes(prefixes, base_model.config)
     batch, steps = suffix.shape[:2]
     suffix_mask = torch.zeros((batch, steps), dtype=torch.long, device=suffix.device)
@@ -119,4 +156,4 @@ def forward_after_prefixes(base_model, prefixes: list[Prefix], suffix: torch.Ten
         positions[b] = p.length + torch.arange(steps)
     mask = torch.cat([prefix_mask, suffix_mask], dim=1)
     out = base_model(inputs_embeds=suffix, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
-    return out.last_hidden_state
+    return out.last_hidden_state, out.cache

@@ -211,7 +211,7 @@ class RewardEngine:
         """As `_pass`, running only ahead ‖ postfix on the cached KV of template prefix ‖ committed."""
         sequences = [self._embed(r.prompt_text, r.response_ids) for r in requests]  # [T, H_R] each
         splits = [len(self._split(r.prompt_text)[0]) + r.ahead_start for r in requests]
-        keys = [(r.prompt_text, tuple(r.response_ids[: r.ahead_start])) for r in requests]
+        keys = [(r.prompt_text, *r.response_ids[: r.ahead_start]) for r in requests]
         with self._autocast():
             prefixes, built = self.prefix_cache.get_many(keys, lambda i: sequences[i][: splits[i]])
         suffixes = [sequence[split:] for sequence, split in zip(sequences, splits)]
@@ -224,6 +224,6 @@ class RewardEngine:
             (grads,) = torch.autograd.grad(rewards.sum(), inputs)
         return [
             (Remembered(r.ahead_start, {"grad": grad[: len(r.response_ids) - r.ahead_start]}, float(reward.detach())),
-             n, p.length if fresh else 0)
-            for r, grad, reward, n, p, fresh in zip(requests, grads, rewards, lengths, prefixes, built)
+             n, ran)
+            for r, grad, reward, n, ran in zip(requests, grads, rewards, lengths, built)
         ]

@@ -69,7 +69,8 @@ def test_counts_equal_hand_computation_from_event_log(engines):
         assert count.model_calls == rollout_tokens + 4 * (inner + reused) + 2 * compares
         passes = sum(2 * e["policy_passes"] + 2 * e["reward_passes"] + e["prefix_builds"]
                      for e in events if e["event"].startswith("grad_") and e["event"] != "grad_reused")
-        assert count.model_calls_honest == rollout_tokens + passes + 2 * compares
+        scored = sum(e["scored"] for e in events if e["event"] == "compare")
+        assert count.model_calls_honest == rollout_tokens + passes + scored
         assert count.model_calls_honest == (count.policy_forwards + count.policy_backwards + count.reward_forwards
                                             + count.reward_backwards)
         assert count.rollouts == rollouts
@@ -81,7 +82,8 @@ def test_counts_equal_hand_computation_from_event_log(engines):
     assert sum(isinstance(r, Rollout) and r.max_new_tokens > 0 for r in served) <= total("rollout")
     assert sum(isinstance(r, PolicyGrad) for r in served) == total("grad_inner") + total("grad_probe")
     assert sum(isinstance(r, RewardGrad) for r in served) == total("grad_inner") + total("grad_probe")
-    assert sum(isinstance(r, Reward) for r in served) == 2 * total("compare")
+    assert sum(isinstance(r, Reward) for r in served) == sum(e["scored"] for o in outputs.values()
+                                                             for e in o.count.events if e["event"] == "compare")
 
 
 def test_gradients_run_on_the_argmax_sequence_not_the_sampled_one(engines):
@@ -106,7 +108,7 @@ def test_gradients_run_on_the_argmax_sequence_not_the_sampled_one(engines):
 
 def test_rejection_scores_both_responses_in_the_same_template(engines):
     policy, reward = engines
-    _, runtime = run_programs(engines)
+    _, runtime = run_programs(engines, cfg=dataclasses.replace(CONFIG, reuse_rewards=False))  # both scored each time
     scores = [r for r in runtime.served if isinstance(r, Reward)]
     prompts = {tuple(policy.prompts.encode(q).ids): q for q in QUESTIONS}
     assert scores
@@ -214,3 +216,14 @@ def test_gradient_memory_changes_passes_run_not_responses_decisions_or_paper_cou
     honest = lambda outs: sum(o.count.model_calls_honest for o in outs.values())  # noqa: E731
     assert sum(o.count.grads_from_memory for o in on.values()) > 0
     assert honest(on) < honest(off)
+
+
+def test_reusing_rewards_scores_each_response_once_and_changes_no_decision(engines):
+    on, runtime_on = run_programs(engines)
+    off, runtime_off = run_programs(engines, cfg=dataclasses.replace(CONFIG, reuse_rewards=False))
+    for key in on:
+        assert on[key].response_ids == off[key].response_ids
+        assert on[key].count.decisions() == off[key].count.decisions()
+    scored = lambda runtime: [tuple(r.response_ids) for r in runtime.served if isinstance(r, Reward)]  # noqa: E731
+    assert len(scored(runtime_on)) < len(scored(runtime_off)) == 2 * sum(o.count.comparisons for o in off.values())
+    assert len(set(scored(runtime_on))) == len(scored(runtime_on))  # every response scored once
