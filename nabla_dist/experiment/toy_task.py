@@ -24,7 +24,7 @@ import random
 import re
 import sys
 from dataclasses import dataclass
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 SPLITS = ("train", "test")
 TEST_BUCKETS = 2  # of NUM_BUCKETS: 20% of all expressions are test-only
@@ -111,6 +111,31 @@ def solution_steps(question: str) -> str:
     divisions are exact; raises ValueError otherwise.
     """
     return _solve(_expression_of(question))[0]
+
+
+def first_error(question: str, response: str) -> Optional[int]:
+    """Offset of the first character where `response` leaves the reference solution of
+    `question`; None while it is the reference solution or a prefix of it.
+
+    A response that runs on past the complete reference leaves it at `len(reference)`.
+    The reference is the one correct solution the toy task writes (left operand first,
+    one "a op b = c." per step): the toy policy is trained on reference solutions only,
+    so a response that leaves it has written a wrong number, operator or step, and a
+    response that is still on it can still be completed correctly.
+    """
+    reference = solution_steps(question)
+    for i, (written, right) in enumerate(zip(response, reference)):
+        if written != right:
+            return i
+    return len(reference) if len(response) > len(reference) else None
+
+
+def right_continuation(question: str, response: str) -> Optional[str]:
+    """The rest of the reference solution after `response`, if `response` is on it so far
+    (what a correct continuation writes next); None once it has left the reference."""
+    if first_error(question, response) is not None:
+        return None
+    return solution_steps(question)[len(response) :]
 
 
 def builtin_rows() -> Iterator[dict]:

@@ -107,3 +107,22 @@ def test_builtin_asset_is_what_the_generator_writes():
     rows = [json.loads(line) for line in text.splitlines()]
     assert rows == list(toy_task.builtin_rows())
     assert len(rows) <= 50
+
+
+def test_first_error_is_the_first_character_off_the_reference():
+    question = "Compute (17 + 25) * 3."
+    reference = solution_steps(question)  # "17 + 25 = 42. 42 * 3 = 126. The answer is \boxed{126}."
+    assert toy_task.first_error(question, reference) is None
+    assert toy_task.first_error(question, reference[:20]) is None  # on the reference so far
+    assert toy_task.first_error(question, "17 + 25 = 43. 43 * 3 = 129.") == len("17 + 25 = 4")
+    assert toy_task.first_error(question, "17 - 25") == len("17 ")
+    assert toy_task.first_error(question, reference + " And more.") == len(reference)
+
+
+def test_right_continuation_is_the_rest_of_the_reference_until_the_response_leaves_it():
+    question = "Compute (17 + 25) * 3."
+    reference = solution_steps(question)
+    assert toy_task.right_continuation(question, "17 + 25 = 4") == reference[len("17 + 25 = 4") :]
+    assert toy_task.right_continuation(question, "")[:2] == "17"
+    assert toy_task.right_continuation(question, reference) == ""
+    assert toy_task.right_continuation(question, "17 + 25 = 43") is None
