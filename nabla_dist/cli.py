@@ -24,11 +24,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from nabla_dist.engines.loading import ModelPathError
+from nabla_dist.engines.loading import TOY_DIR, ModelPathError
 from nabla_dist.experiment.config import ConfigError, load_config
 from nabla_dist.experiment.data import DataError
 from nabla_dist.experiment.results import OutputError
-from nabla_dist.experiment.train_toy import add_train_toy_command
 
 USER_ERRORS = (ConfigError, DataError, OutputError, ModelPathError, FileNotFoundError)
 # Errors of the machine that the user fixes: errno -> the fix
@@ -126,6 +125,18 @@ def _demo(args) -> int:
     return run_demo(args.overrides)
 
 
+def _train_toy(args) -> int:
+    from nabla_dist.experiment.train_toy import ToyTrainConfig, train_toy
+
+    chosen = {k: v for k, v in (("seed", args.seed), ("threads", args.threads)) if v is not None}
+    report = train_toy(ToyTrainConfig(**chosen), args.out)
+    keys = ("greedy_accuracy", "sample_accuracy", "reward_auc", "reward_auc_within_problem", "reward_accuracy",
+            "reward_pick_accuracy", "wall_s")
+    print(json.dumps({k: report[k] for k in keys}, indent=2))
+    print(f"models: {args.out}/policy  {args.out}/reward  report: {args.out}/policy/train_report.json")
+    return 0
+
+
 def user_error_message(error: BaseException) -> str | None:
     """The one line shown for a user error; None when `error` is not one."""
     if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.errno in OS_FIXES:
@@ -179,7 +190,12 @@ def _parser() -> argparse.ArgumentParser:
                           "(nabla_dist/configs/sweep/demo.yaml)")
     demo.add_argument("overrides", nargs="*", help="e.g. data.size=50 or sweep.output_dir=DIR")
     demo.set_defaults(func=_demo)
-    add_train_toy_command(sub)
+    train = sub.add_parser("train-toy", help="rebuild the toy policy and reward model from seeds (CPU, about 15 minutes)")
+    train.add_argument("--out", default=str(TOY_DIR), help=f"output directory (default: {TOY_DIR})")
+    train.add_argument("--seed", type=int, help="default: ToyTrainConfig's, the shipped weights' (0)")
+    train.add_argument("--threads", type=int, help="torch threads (default: ToyTrainConfig's, the shipped weights' "
+                       "(2); on a busy machine 1 can be faster)")
+    train.set_defaults(func=_train_toy)
     return parser
 
 

@@ -20,7 +20,6 @@ by default, where the `toy:policy` and `toy:reward` paths (engines/loading.py) f
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -295,6 +294,19 @@ def auc(scores: list[float], labels: list[bool]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
+def within_problem_auc(scores: list[float], labels: list[bool], groups: list[str]) -> tuple[float | None, int]:
+    """Mean AUC over the groups (problems) that have both right and wrong samples, and how
+    many do: how well the score ranks the samples of one problem, which is what Best-of-N
+    and rejection sampling ask of a reward (`auc` over all samples also rewards ranking
+    problems by difficulty)."""
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    aucs = [auc([scores[i] for i in idx], [labels[i] for i in idx]) for idx in members.values()]
+    aucs = [a for a in aucs if a is not None]
+    return (sum(aucs) / len(aucs) if aucs else None), len(aucs)
+
+
 # -- 5. evaluation ---------------------------------------------------------------------------
 def evaluate(policy, reward, tokenizer, cfg: ToyTrainConfig) -> dict:
     """Held-out numbers: greedy / sampled accuracy, reward AUC and accuracy, reward-ranked pick."""
@@ -309,6 +321,7 @@ def evaluate(policy, reward, tokenizer, cfg: ToyTrainConfig) -> dict:
     for i, s in enumerate(sampled):
         by_problem.setdefault(s.problem.id, []).append(i)
     best = [max(idx, key=scores.__getitem__) for idx in by_problem.values()]
+    within_auc, mixed = within_problem_auc(scores, labels, [s.problem.id for s in sampled])
     lengths = [len(s.tokens) for s in greedy]
     return {
         "eval_problems": len(problems),
@@ -320,6 +333,8 @@ def evaluate(policy, reward, tokenizer, cfg: ToyTrainConfig) -> dict:
         "pass_at_samples": sum(any(labels[i] for i in idx) for idx in by_problem.values()) / len(by_problem),
         "reward_pick_accuracy": sum(labels[i] for i in best) / len(best),
         "reward_auc": auc(scores, labels),
+        "reward_auc_within_problem": within_auc,
+        "problems_with_right_and_wrong_samples": mixed,
         "reward_accuracy": sum((s > 0) == y for s, y in zip(scores, labels)) / len(labels),
         "eval_samples": len(sampled),
     }
@@ -389,24 +404,3 @@ def train_toy(cfg: ToyTrainConfig = ToyTrainConfig(), out: str | Path = TOY_DIR)
     for name in TOY_MODELS:
         (out / name / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
-
-
-# -- CLI ----------------------------------------------------------------------------------
-def add_train_toy_command(subparsers) -> None:
-    """`nabla-dist train-toy [--out DIR] [--seed N] [--threads N]`."""
-    parser = subparsers.add_parser(
-        "train-toy", help="rebuild the toy policy and reward model from seeds (CPU, about 15 minutes)"
-    )
-    parser.add_argument("--out", default=str(TOY_DIR), help=f"output directory (default: {TOY_DIR})")
-    parser.add_argument("--seed", type=int, default=ToyTrainConfig.seed)
-    parser.add_argument("--threads", type=int, default=ToyTrainConfig.threads,
-                        help="torch threads (default 2; on a busy machine 1 can be faster)")
-    parser.set_defaults(func=_train_toy)
-
-
-def _train_toy(args: argparse.Namespace) -> int:
-    report = train_toy(ToyTrainConfig(seed=args.seed, threads=args.threads), args.out)
-    keys = ("greedy_accuracy", "sample_accuracy", "reward_auc", "reward_accuracy", "reward_pick_accuracy", "wall_s")
-    print(json.dumps({k: report[k] for k in keys}, indent=2))
-    print(f"models: {args.out}/policy  {args.out}/reward  report: {args.out}/policy/train_report.json")
-    return 0

@@ -17,7 +17,14 @@ from nabla_dist.engines.reward import RewardEngine
 from nabla_dist.algorithm.requests import Reward
 from nabla_dist.experiment.grading import grade
 from nabla_dist.experiment.toy_task import generate
-from nabla_dist.experiment.train_toy import ToyTrainConfig, auc, build_tokenizer, reward_input_ids, train_toy
+from nabla_dist.experiment.train_toy import (
+    ToyTrainConfig,
+    auc,
+    build_tokenizer,
+    reward_input_ids,
+    train_toy,
+    within_problem_auc,
+)
 from nabla_dist.runtime.local import LocalRuntime
 
 TINY = ToyTrainConfig(
@@ -45,7 +52,7 @@ def test_recipe_end_to_end_writes_models_the_engines_load(tiny_run):
     saved = json.loads((out / "reward" / "train_report.json").read_text())
     assert saved == json.loads(json.dumps(report))
     assert saved["config"]["seed"] == 0 and saved["eval_problems"] == 4
-    assert {"greedy_accuracy", "sample_accuracy", "reward_auc", "wall_s"} <= saved.keys()
+    assert {"greedy_accuracy", "sample_accuracy", "reward_auc", "reward_auc_within_problem", "wall_s"} <= saved.keys()
 
 
 def test_reward_sees_the_conversation_as_the_reward_engine_builds_it(tiny_run):
@@ -62,6 +69,19 @@ def test_auc_counts_right_over_wrong_pairs_and_ties_half():
     assert auc([1, 2], [True, False]) == 0.0
     assert auc([1, 1], [True, False]) == 0.5
     assert auc([1, 2], [True, True]) is None
+
+
+def test_within_problem_auc_ignores_ranking_across_problems():
+    # Problem a's samples all outscore problem b's: over all samples that ranks right above
+    # wrong (b is mostly wrong), but inside each problem the wrong sample is on top.
+    scores = [9, 8, 7, 3, 2, 1]
+    labels = [False, True, True, True, False, False]
+    groups = ["a", "a", "a", "b", "b", "b"]
+    assert auc(scores, labels) > 0.5
+    value, mixed = within_problem_auc(scores, labels, groups)
+    assert mixed == 2
+    assert value == (0.0 + 1.0) / 2  # a: wrong above both right; b: right above both wrong
+    assert within_problem_auc([1, 2], [True, True], ["a", "a"]) == (None, 0)
 
 
 def test_unknown_toy_model_names_the_choices():
