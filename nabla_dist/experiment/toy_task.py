@@ -24,7 +24,7 @@ import random
 import re
 import sys
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 SPLITS = ("train", "test")
 TEST_BUCKETS = 2  # of NUM_BUCKETS: 20% of all expressions are test-only
@@ -190,8 +190,13 @@ def _expression_of(question: str) -> str:
     return match.group(1) if match else question.strip()
 
 
-def _solve(expression: str) -> Tuple[str, str]:
-    """(step-by-step solution, answer) of an expression, evaluated left operand first."""
+def _solve(expression: str, written: Optional[Dict[int, int]] = None) -> Tuple[str, str]:
+    """(step-by-step solution, answer) of an expression, evaluated left operand first.
+
+    `written`: step index -> the result written at that step instead of the right one; later
+    steps compute from what was written, a division that is no longer exact giving its
+    integer part (raises ValueError where a result leaves the positive integers).
+    """
     try:
         tree = ast.parse(expression, mode="eval").body
     except SyntaxError as e:
@@ -204,7 +209,12 @@ def _solve(expression: str) -> Tuple[str, str]:
         if isinstance(node, ast.BinOp) and type(node.op) in _AST_OPS:
             a, b = evaluate(node.left), evaluate(node.right)
             op = _AST_OPS[type(node.op)]
-            c = _apply(a, op, b)
+            if written is None:
+                c = _apply(a, op, b)
+            else:  # after a wrong result a division may not be exact: write its integer part
+                c = written.get(len(steps), a // b if op == "/" and b else _apply(a, op, b))
+                if c < 1:
+                    raise ValueError(f"{a} {op} {b} = {c} leaves the positive integers")
             steps.append(f"{a} {op} {b} = {c}.")
             return c
         raise ValueError(
@@ -213,6 +223,34 @@ def _solve(expression: str) -> Tuple[str, str]:
 
     answer = str(evaluate(tree))
     return " ".join(steps + [f"The answer is \\boxed{{{answer}}}."]), answer
+
+
+def faithful_error(question: str, rng: random.Random, tries: int = 8) -> Optional[Tuple[str, Tuple[int, int]]]:
+    """A solution with one wrong digit in one step's result, every later step computed
+    faithfully from the wrong value (integer part where a division is no longer exact), and
+    the character span of that wrong result (with its leading space); None if `tries` random
+    choices all take a later subtraction below 1.
+
+    Policy training masks the span (the policy never learns to write the error) and learns
+    the rest: to continue from what is written, so that its final answers follow its steps.
+    Without it the toy policy, which also tracks the true running value, writes the true
+    quotient after a wrong dividend about as often as not: right answers after wrong steps.
+    """
+    expression = _expression_of(question)
+    reference, _ = _solve(expression)
+    results = [int(c) for c in re.findall(r"= (\d+)\.", reference)]
+    for _ in range(tries):
+        step = rng.randrange(len(results))
+        digits = list(str(results[step]))
+        at = rng.randrange(len(digits))
+        digits[at] = rng.choice([d for d in "0123456789" if d != digits[at] and (at > 0 or d != "0")])
+        try:
+            text, _ = _solve(expression, {step: int("".join(digits))})
+        except ValueError:
+            continue
+        start = [m.start() for m in re.finditer(r" \d+\.", text) if text[: m.start()].endswith("=")][step]
+        return text, (start, start + 1 + len(digits))
+    return None
 
 
 def main() -> None:

@@ -4,15 +4,18 @@ The recipe, as plain functions that `train_toy` runs in order:
 
 1. `build_tokenizer`: byte-level BPE over toy texts, one token per digit, ChatML template.
 2. `train_policy`: supervised fine-tuning of a small Llama on the reference solutions of
-   train-split problems (loss on the response and its EOS only). It is trained briefly on
-   purpose: the policy should be right on about half of the held-out problems.
+   train-split problems (loss on the response and its EOS only), one pass. The policy is
+   right on about half of the held-out problems and its samples differ: pass@8 is well above
+   greedy, so Best-of-N and ∇-Reasoner have room.
 3. `sample_responses`: the policy's own samples on other train problems, at several
    temperatures, each graded right or wrong by `grading.grade`.
-4. `train_reward`: a sequence classifier (num_labels=1) initialised from the policy's
-   backbone, binary cross-entropy on right/wrong, reading the conversation exactly as
-   `RewardEngine` builds it (prefix(question) ‖ response ids ‖ postfix, left padded).
-5. `evaluate`: greedy and sampled accuracy on held-out test problems, the reward's AUC and
-   accuracy on the test samples, all with the weights as saved (fp16, reloaded in fp32).
+4. `train_reward`: a sequence classifier (num_labels=1, one layer deeper than the policy)
+   reading the conversation exactly as `RewardEngine` builds it (prefix(question) ‖ response
+   ids ‖ postfix, left padded), trained with process labels and auxiliary checks on
+   reference solutions, near-miss corruptions of them and the policy's samples
+   (`toy_reward.py` says how and why).
+5. `evaluate`: greedy and sampled accuracy on held-out test problems, the reward's AUC (over
+   all samples and within a problem) and accuracy on the test samples, all with the weights as saved (fp16, reloaded in fp32).
 
 Weights, tokenizer and `train_report.json` go to `nabla_dist/assets/toy/{policy,reward}/`
 by default, where the `toy:policy` and `toy:reward` paths (engines/loading.py) find them.
@@ -27,7 +30,7 @@ import os
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -48,6 +51,7 @@ from nabla_dist.engines.loading import TOY_DIR, TOY_MODELS
 from nabla_dist.engines.reward import classifier_conversation, split_template
 from nabla_dist.engines.tiny import bpe_chat_tokenizer
 from nabla_dist.experiment.grading import grade
+from nabla_dist.experiment.toy_reward import AuxiliaryHeads, near_miss, reward_example, reward_loss
 from nabla_dist.experiment.toy_task import ToyProblem, generate
 
 log = logging.getLogger(__name__)
@@ -70,8 +74,8 @@ class ToyTrainConfig:
     intermediate_size: int = 512
     max_positions: int = 256
     # policy SFT on reference solutions, each problem seen once (sft_steps * sft_batch_size)
-    sft_problems: int = 96_000
-    sft_steps: int = 3_000
+    sft_problems: int = 144_000
+    sft_steps: int = 4_500
     sft_batch_size: int = 32
     sft_lr: float = 1e-3
     warmup_steps: int = 100
@@ -82,19 +86,27 @@ class ToyTrainConfig:
     top_p: float = 0.95
     max_new_tokens: int = 128
     rollout_batch_size: int = 64
-    # reward model training
-    reward_epochs: int = 2
+    # reward model training (toy_reward.py)
+    reward_layers: int = 5  # the policy's width, two layers deeper: the checks need depth
+    reward_synthetic_problems: int = 40_000  # train problems after the SFT and sample ones
+    reward_steps: int = 2_500
     reward_batch_size: int = 32
-    reward_lr: float = 5e-4
+    reward_sample_share: float = 0.25  # of each batch: the policy's own samples
+    reward_aux_weight: float = 1.0
+    reward_lr: float = 1e-3
     # held-out evaluation (test split, data seed 0: the problems of configs/toy.yaml)
     eval_problems: int = 200
     eval_samples: int = 4
     eval_temperature: float = 0.6
 
     def __post_init__(self):
-        for name in ("sft_steps", "sft_batch_size", "reward_problems", "eval_problems", "threads"):
+        for name in ("sft_steps", "sft_batch_size", "reward_problems", "reward_steps", "reward_batch_size",
+                     "reward_layers", "eval_problems", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.reward_aux_weight and self.reward_layers < 3:
+            raise ValueError(f"reward_layers={self.reward_layers}: the auxiliary checks read three layers below the "
+                             "last; use >= 3, or reward_aux_weight=0")
 
 
 # -- 1. tokenizer ---------------------------------------------------------------------
@@ -253,28 +265,35 @@ def reward_scores(model, rows: list[list[int]], pad_id: int) -> torch.Tensor:
     return model.score(hidden.last_hidden_state[:, -1])[:, 0].float()
 
 
-def reward_from_policy(policy, tokenizer, cfg: ToyTrainConfig):
-    """A sequence classifier whose backbone starts as the policy's (the usual ORM start)."""
-    reward = AutoModelForSequenceClassification.from_config(model_config(tokenizer, cfg, num_labels=1))
-    reward.model.load_state_dict(policy.model.state_dict())
-    return reward
+def new_reward_model(tokenizer, cfg: ToyTrainConfig):
+    """A sequence classifier of the policy's width, `reward_layers` deep, from random weights."""
+    config = model_config(tokenizer, replace(cfg, num_layers=cfg.reward_layers), num_labels=1)
+    return AutoModelForSequenceClassification.from_config(config)
 
 
-def train_reward(model, tokenizer, samples: list[Sample], cfg: ToyTrainConfig) -> list[float]:
-    """Binary cross-entropy of right (1) / wrong (0) on the score; returns per-step losses."""
-    rows = [reward_input_ids(tokenizer, s.problem.question, s.tokens) for s in samples]
-    labels = torch.tensor([float(s.correct) for s in samples])
+def train_reward(model, tokenizer, samples: list[Sample], problems: list[ToyProblem], cfg: ToyTrainConfig) -> list[float]:
+    """Fit the reward on the policy's `samples` and on `problems`' reference solutions and
+    near misses (`toy_reward.py`); returns per-step losses."""
     rng = random.Random(cfg.seed + 1)
-    batches = [b for _ in range(cfg.reward_epochs)
-               for b in length_grouped_batches([len(r) for r in rows], cfg.reward_batch_size, rng)]
+    eos = [tokenizer.eos_token_id]
+    own = [reward_example(tokenizer, s.problem, s.tokens, s.correct) for s in samples]
+    made = []
+    for p in tqdm(problems, desc="reward data", unit="problem", disable=None):
+        made.append(reward_example(tokenizer, p, tokenizer(p.solution, add_special_tokens=False)["input_ids"] + eos, True))
+        text = near_miss(p, rng)
+        if text is not None:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] + eos
+            made.append(reward_example(tokenizer, p, ids, grade(text, p.answer).correct))
+    heads = AuxiliaryHeads(cfg.hidden_size).to(model.device)
+    from_samples = round(cfg.reward_batch_size * cfg.reward_sample_share) if own else 0
 
     def batch_losses():
-        for batch in batches:
-            scores = reward_scores(model, [rows[i] for i in batch], tokenizer.pad_token_id)
-            yield F.binary_cross_entropy_with_logits(scores, labels[batch].to(scores.device))
+        while True:
+            batch = rng.sample(made, cfg.reward_batch_size - from_samples) + rng.sample(own, from_samples)
+            yield reward_loss(model, heads, batch, tokenizer.pad_token_id, cfg.reward_aux_weight)
 
-    warmup = min(cfg.warmup_steps, len(batches) // 10 + 1)
-    return fit(model, batch_losses(), len(batches), cfg.reward_lr, warmup, "reward model")
+    trained = torch.nn.ModuleList([model, heads])  # the heads train with it and are then dropped
+    return fit(trained, batch_losses(), cfg.reward_steps, cfg.reward_lr, cfg.warmup_steps, "reward model")
 
 
 @torch.no_grad()
@@ -355,8 +374,10 @@ def train_toy(cfg: ToyTrainConfig = ToyTrainConfig(), out: str | Path = TOY_DIR)
     torch.manual_seed(cfg.seed)
     timings = {}
 
-    sft_problems = generate(cfg.sft_problems + cfg.reward_problems, seed=cfg.seed, split="train")
-    sft_problems, reward_problems = sft_problems[: cfg.sft_problems], sft_problems[cfg.sft_problems :]
+    train = generate(cfg.sft_problems + cfg.reward_problems + cfg.reward_synthetic_problems, seed=cfg.seed, split="train")
+    sft_problems = train[: cfg.sft_problems]
+    reward_problems = train[cfg.sft_problems : cfg.sft_problems + cfg.reward_problems]
+    synthetic_problems = train[cfg.sft_problems + cfg.reward_problems :]
     tokenizer = build_tokenizer(sft_problems[:5000], cfg.vocab_size)
     policy = AutoModelForCausalLM.from_config(model_config(tokenizer, cfg)).to(cfg.device)
     sft_losses = train_policy(policy, tokenizer, sft_problems, cfg)
@@ -377,8 +398,8 @@ def train_toy(cfg: ToyTrainConfig = ToyTrainConfig(), out: str | Path = TOY_DIR)
     timings["sampling_s"] = time.time() - start - timings["policy_s"]
 
     torch.manual_seed(cfg.seed + 1)
-    reward = reward_from_policy(policy, tokenizer, cfg).to(cfg.device)
-    reward_losses = train_reward(reward, tokenizer, samples, cfg)
+    reward = new_reward_model(tokenizer, cfg).to(cfg.device)
+    reward_losses = train_reward(reward, tokenizer, samples, synthetic_problems, cfg)
     save_fp16(reward, tokenizer, out / "reward")
     reward = AutoModelForSequenceClassification.from_pretrained(out / "reward", dtype=torch.float32)
     reward = reward.to(cfg.device).eval()

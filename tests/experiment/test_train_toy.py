@@ -31,7 +31,8 @@ TINY = ToyTrainConfig(
     threads=1, vocab_size=300, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
     sft_problems=64, sft_steps=4, sft_batch_size=8, warmup_steps=2,
     reward_problems=6, samples_per_temperature=1, temperatures=[0.8, 1.0], max_new_tokens=24,
-    reward_epochs=1, reward_batch_size=4, eval_problems=4, eval_samples=2,
+    reward_layers=3, reward_synthetic_problems=8, reward_steps=3, reward_batch_size=4, eval_problems=4,
+    eval_samples=2,
 )
 
 
