@@ -8,10 +8,10 @@ in the way process-reward data is built:
   label (1 while every step so far is on the reference solution, `toy_task.first_error`);
   at the last position on the *outcome* (the graded final answer).
 - **Data.** Reference solutions of train problems, the same solutions with one near-miss
-  digit in one result (`near_miss`: the toy policy's own mistakes are almost all a wrong
-  middle digit of a product, with the last digit and the length right), and the policy's own
-  graded samples.
-- **Auxiliary targets (training only).** A wrong middle digit is found by checking the step,
+  digit in one result (`near_miss`: three quarters of the first toy policy's first errors
+  were a wrong digit of a product's result, never its last digit, the length right), and
+  the policy's own graded samples.
+- **Auxiliary targets (training only).** Such a digit is found only by checking the step,
   and a small model learns the check within the CPU budget only when it is taught the
   pieces: casting out nines. Linear heads on the hidden states of the three layers below the
   last predict, in turn, every number's residue mod 9 (at its last digit), the residue
