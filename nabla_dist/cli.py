@@ -190,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
                           "(nabla_dist/configs/sweep/demo.yaml)")
     demo.add_argument("overrides", nargs="*", help="e.g. data.size=50 or sweep.output_dir=DIR")
     demo.set_defaults(func=_demo)
-    train = sub.add_parser("train-toy", help="rebuild the toy policy and reward model from seeds (CPU, about 15 minutes)")
+    train = sub.add_parser("train-toy", help="rebuild the toy policy and reward model from seeds (CPU, about 21 minutes on 2 cores)")
     train.add_argument("--out", default=str(TOY_DIR), help=f"output directory (default: {TOY_DIR})")
     train.add_argument("--seed", type=int, help="default: ToyTrainConfig's, the shipped weights' (0)")
     train.add_argument("--threads", type=int, help="torch threads (default: ToyTrainConfig's, the shipped weights' "
