@@ -47,7 +47,7 @@ from nabla_dist.experiment.grading import grade
 from nabla_dist.experiment.build import build_runtime, with_model_defaults
 from nabla_dist.experiment.run import problem_seed
 from nabla_dist.experiment.toy_task import first_error, generate, right_continuation
-from nabla_dist.experiment.train_toy import auc, within_problem_auc
+from nabla_dist.experiment.train_toy import auc, group_indices, within_problem_auc
 
 DIGIT = re.compile(r" ?\d")
 
@@ -143,9 +143,7 @@ def reward_ranking(records: list[dict], samples: int) -> dict:
     of picking the highest-scored of a problem's first n rollouts (Best-of-n) against pass@n."""
     scores, labels, groups = ([r[k] for r in records] for k in ("reward", "correct", "problem"))
     within, mixed = within_problem_auc(scores, labels, groups)
-    members: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
+    members = group_indices(groups)
     out = {
         "reward AUC over all rollouts": round(auc(scores, labels) or float("nan"), 3),
         f"reward AUC within a problem (mean over {mixed} problems with right and wrong rollouts)":
@@ -153,10 +151,10 @@ def reward_ranking(records: list[dict], samples: int) -> dict:
     }
     n = 1
     while n <= samples:
-        picks = [max(idx[:n], key=scores.__getitem__) for idx in members.values()]
+        picks = [max(idx[:n], key=scores.__getitem__) for idx in members]
         out[f"Best-of-{n} accuracy (pass@{n})"] = (
             f"{sum(labels[i] for i in picks) / len(picks):.3f} "
-            f"({sum(any(labels[i] for i in idx[:n]) for idx in members.values()) / len(members):.3f})"
+            f"({sum(any(labels[i] for i in idx[:n]) for idx in members) / len(members):.3f})"
         )
         n *= 2
     return out

@@ -31,7 +31,6 @@ EXECUTED = ("model_calls_honest", "grads_from_memory", "prefix_builds", "forward
 @dataclass
 class Accounting:
     model_calls: int = 0  # the paper's count
-    model_calls_honest: int = 0  # passes run: policy and reward forwards and backwards
     rollouts: int = 0
     rollout_tokens: int = 0
     grad_evaluations: int = 0  # inner-loop gradients asked of the engines
@@ -45,8 +44,6 @@ class Accounting:
     reward_scores: int = 0
     positions_optimized: int = 0
     prefix_builds: int = 0  # prefix-KV forwards (either model)
-    forward_tokens: int = 0  # both models
-    backward_tokens: int = 0  # both models
     policy_forwards: int = 0
     policy_backwards: int = 0
     reward_forwards: int = 0
@@ -57,14 +54,24 @@ class Accounting:
     reward_backward_tokens: int = 0
     events: list[dict] = field(default_factory=list)
 
+    @property
+    def model_calls_honest(self) -> int:
+        """Passes run: policy and reward forwards and backwards."""
+        return self.policy_forwards + self.policy_backwards + self.reward_forwards + self.reward_backwards
+
+    @property
+    def forward_tokens(self) -> int:  # both models
+        return self.policy_forward_tokens + self.reward_forward_tokens
+
+    @property
+    def backward_tokens(self) -> int:  # both models
+        return self.policy_backward_tokens + self.reward_backward_tokens
+
     def _run(self, model: str, forwards: int, backwards: int, forward_tokens: int, backward_tokens: int) -> None:
         """Passes that ran on `model` ("policy" or "reward")."""
         for name, value in (("forwards", forwards), ("backwards", backwards),
                             ("forward_tokens", forward_tokens), ("backward_tokens", backward_tokens)):
             setattr(self, f"{model}_{name}", getattr(self, f"{model}_{name}") + value)
-        self.model_calls_honest += forwards + backwards
-        self.forward_tokens += forward_tokens
-        self.backward_tokens += backward_tokens
 
     def rollout(self, result: RolloutResult) -> None:
         n = len(result.tokens)
@@ -114,10 +121,11 @@ class Accounting:
         self.events.append({"event": "reward", "tokens": tokens})
 
     def totals(self) -> dict:
-        """Every counter except the event log, for results.jsonl."""
+        """Every counter, the sums over both models included, except the event log, for results.jsonl."""
         out = asdict(self)
         del out["events"]
-        return out
+        return {**out, "model_calls_honest": self.model_calls_honest, "forward_tokens": self.forward_tokens,
+                "backward_tokens": self.backward_tokens}
 
     def decisions(self) -> dict:
         """The counters fixed by the program's decisions alone (the paper count among them)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import random
 import re
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,17 @@ def near_miss(problem: ToyProblem, rng: random.Random, faithful: float = 0.7) ->
     return None
 
 
+_PIECES: "weakref.WeakKeyDictionary[object, list[str]]" = weakref.WeakKeyDictionary()
+
+
+def _pieces(tokenizer) -> list[str]:
+    """Each token's text (special tokens: ""), decoded once per tokenizer: examples are built
+    by the ten thousand. Toy texts are ASCII, so a response is its tokens' texts joined."""
+    if tokenizer not in _PIECES:
+        _PIECES[tokenizer] = [tokenizer.decode([t], skip_special_tokens=True) for t in range(len(tokenizer))]
+    return _PIECES[tokenizer]
+
+
 def _checks(a: int, op: str, b: int, c: int) -> bool:
     """Does "a op b = c" hold mod 9 (casting out nines)?"""
     if op == "/":
@@ -91,7 +103,8 @@ def reward_example(tokenizer, problem: ToyProblem, tokens: list[int], correct: b
     n = len(ids)
     score, check = [-1.0] * n, [-1.0] * n
     residue, expected = [IGNORE] * n, [IGNORE] * n
-    pieces = [tokenizer.decode([t], skip_special_tokens=True) for t in ids]
+    table = _pieces(tokenizer)
+    pieces = [table[t] for t in ids]
     i = 0
     while i < n:  # numbers: a digit token, then digit tokens without a leading space
         if pieces[i].strip().isdigit() and len(pieces[i].strip()) == 1:

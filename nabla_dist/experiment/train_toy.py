@@ -313,15 +313,20 @@ def auc(scores: list[float], labels: list[bool]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
+def group_indices(keys: list[str]) -> list[list[int]]:
+    """Indices of equal keys (the samples of each problem), groups in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
 def within_problem_auc(scores: list[float], labels: list[bool], groups: list[str]) -> tuple[float | None, int]:
     """Mean AUC over the groups (problems) that have both right and wrong samples, and how
     many do: how well the score ranks the samples of one problem, which is what Best-of-N
     and rejection sampling ask of a reward (`auc` over all samples also rewards ranking
     problems by difficulty)."""
-    members: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
-    aucs = [auc([scores[i] for i in idx], [labels[i] for i in idx]) for idx in members.values()]
+    aucs = [auc([scores[i] for i in idx], [labels[i] for i in idx]) for idx in group_indices(groups)]
     aucs = [a for a in aucs if a is not None]
     return (sum(aucs) / len(aucs) if aucs else None), len(aucs)
 
@@ -336,10 +341,8 @@ def evaluate(policy, reward, tokenizer, cfg: ToyTrainConfig) -> dict:
                                cfg.seed + 202, "eval samples")
     scores = score_samples(reward, tokenizer, sampled)
     labels = [s.correct for s in sampled]
-    by_problem: dict[str, list[int]] = {}
-    for i, s in enumerate(sampled):
-        by_problem.setdefault(s.problem.id, []).append(i)
-    best = [max(idx, key=scores.__getitem__) for idx in by_problem.values()]
+    by_problem = group_indices([s.problem.id for s in sampled])
+    best = [max(idx, key=scores.__getitem__) for idx in by_problem]
     within_auc, mixed = within_problem_auc(scores, labels, [s.problem.id for s in sampled])
     lengths = [len(s.tokens) for s in greedy]
     return {
@@ -349,7 +352,7 @@ def evaluate(policy, reward, tokenizer, cfg: ToyTrainConfig) -> dict:
         "greedy_response_tokens": {"min": min(lengths), "mean": sum(lengths) / len(lengths), "max": max(lengths)},
         "sample_temperature": cfg.eval_temperature,
         "sample_accuracy": sum(labels) / len(labels),
-        "pass_at_samples": sum(any(labels[i] for i in idx) for idx in by_problem.values()) / len(by_problem),
+        "pass_at_samples": sum(any(labels[i] for i in idx) for idx in by_problem) / len(by_problem),
         "reward_pick_accuracy": sum(labels[i] for i in best) / len(best),
         "reward_auc": auc(scores, labels),
         "reward_auc_within_problem": within_auc,
