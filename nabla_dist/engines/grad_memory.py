@@ -15,11 +15,12 @@ entries, least recently used dropped, 0 = off.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
 import torch
+
+from nabla_dist.engines.lru import LRUStore
 
 
 @dataclass
@@ -35,30 +36,20 @@ class Remembered:
         return {name: rows[offset:] for name, rows in self.rows.items()}
 
 
-class GradMemory:
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._entries: OrderedDict[Hashable, Remembered] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
+class GradMemory(LRUStore):
     def get(self, key: Hashable, ahead_start: int) -> Remembered | None:
         """The entry for sequence `key` if it covers an ahead starting at `ahead_start`."""
         entry = self._entries.get(key)
         if entry is None or entry.ahead_start > ahead_start:
             self.misses += 1
             return None
-        self._entries.move_to_end(key)
         self.hits += 1
-        return entry
+        return self._lookup(key)
 
     def put(self, key: Hashable, entry: Remembered) -> None:
         """Keep `entry` (its tensors are copied: they are slices of a whole batch's)."""
         entry.rows = {name: rows.detach().clone() for name, rows in entry.rows.items()}
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+        self._store(key, entry)
 
 
 @dataclass

@@ -14,7 +14,6 @@ a time, a full rebuild per position cost a forward over the whole prompt ‖ com
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,6 +21,7 @@ import torch
 from transformers import DynamicCache
 
 from nabla_dist.engines.batch import pad_rows
+from nabla_dist.engines.lru import LRUStore
 
 
 @dataclass
@@ -31,22 +31,17 @@ class Prefix:
     length: int
 
 
-class PrefixCache:
+class PrefixCache(LRUStore):
     """LRU cache of prefixes of one model, keyed by whatever identifies the prefix."""
 
     def __init__(self, base_model, capacity: int = 64):
+        super().__init__(capacity)
         self.base_model = base_model
-        self.capacity = capacity
-        self._entries: OrderedDict = OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     def peek(self, key) -> Prefix | None:
         """The prefix for `key` if it is cached (counted as a hit), else None."""
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-            self.hits += 1
+        entry = self._lookup(key)
+        self.hits += entry is not None
         return entry
 
     def _longest_cached_prefix(self, key: tuple) -> Prefix | None:
@@ -81,10 +76,9 @@ class PrefixCache:
             if extend:
                 built.update(zip(extend, self._extend([parents[key] for key in extend], [rows[key] for key in extend])))
             for key, (prefix, ran) in built.items():
-                found[key] = self._entries[key] = prefix
+                found[key] = prefix
+                self._store(key, prefix)
                 tokens[first[key]] = ran
-            while len(self._entries) > self.capacity:
-                self._entries.popitem(last=False)
         return [found[key] for key in keys], tokens
 
     def _build(self, rows: list[torch.Tensor]) -> list[tuple[Prefix, int]]:
@@ -107,8 +101,6 @@ class PrefixCache:
                          for layer in cache.layers], hidden[b, n - 1], p.length + n), n)
                 for b, (p, n) in enumerate(zip(parents, lengths))]
 
-    def clear(self) -> None:
-        self._entries.clear()
 
 
 def stack_prefixes(prefixes: list[Prefix | None], config) -> tuple[DynamicCache, torch.Tensor]:
